@@ -1,0 +1,17 @@
+"""splitdataloader: byte-record datasets in bins, over any fsspec filesystem."""
+
+from . import errors
+from .convert import convert_legacy
+from .loader import SplitDataLoader
+from .prefetch import MpQItr
+from .writer import SplitWriter, write_split_data
+
+__all__ = [
+    "MpQItr",
+    "SplitDataLoader",
+    "SplitWriter",
+    "convert_legacy",
+    "errors",
+    "write_split_data",
+]
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,290 @@
+"""Reading one commit of a version-2 dataset: index look-ups and segment access.
+
+Owns the per-commit read path: mapping a commit-local record number to its index entry
+(O(1): arithmetic on the round-robin layout, then one fixed-width entry), reading and
+verifying the record's bytes, and handing out a bin's entries and segment contents for
+iteration. Local files are memory-mapped or read with ``pread``; other filesystems use
+cached ranged reads of index pages and ranged reads of records.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ChecksumMismatchError, CorruptDataError, TruncatedDataError
+from .format import (
+    INDEX_ENTRY,
+    INDEX_ENTRY_DTYPE,
+    INDEX_HEADER,
+    SEGMENT_HEADER,
+    Commit,
+    check_index_header,
+)
+
+if TYPE_CHECKING:
+    from .storage import Storage
+
+#: Iteration reads segments whose records average at least this size record by record
+#: with ``pread`` (one copy) instead of mapping the segment (page faults plus a copy).
+LARGE_RECORD = 64 * 1024
+#: Index entries per cached page on non-local filesystems (96 KiB per page).
+INDEX_PAGE_ENTRIES = 4096
+_ENTRY = INDEX_ENTRY.size
+_HEADER = INDEX_HEADER.size
+_MIN_OFFSET = SEGMENT_HEADER.size
+_unpack_entry = INDEX_ENTRY.unpack_from
+_pread = os.pread
+
+
+class HandleCache:
+    """Bounds the number of open memory maps and descriptors across a loader's commits."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._opened: deque[tuple[CommitReader, int]] = deque()
+
+    def opened(self, reader: CommitReader, segment: int) -> None:
+        self._opened.append((reader, segment))
+        while len(self._opened) > self.capacity:
+            old_reader, old_segment = self._opened.popleft()
+            old_reader.release(old_segment)
+
+    def clear(self) -> None:
+        while self._opened:
+            reader, segment = self._opened.popleft()
+            reader.release(segment)
+
+
+class CommitReader:
+    """Random access to the records of one commit, and its bins for iteration."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        commit: Commit,
+        first_record: int,
+        checksum: Callable[[Any], int] | None,
+        handles: HandleCache,
+        index_cache_pages: int = 32,
+    ) -> None:
+        self.storage = storage
+        self.commit = commit
+        self.first_record = first_record
+        self.records = commit.records
+        self.segments = commit.segments
+        self._hash = checksum
+        self._handles = handles
+        layout = commit.layout
+        self.bins = layout.bins
+        self.bin_counts = layout.bin_counts(commit.records)
+        base = np.zeros(self.bins + 1, dtype=np.int64)
+        np.cumsum(self.bin_counts, out=base[1:])
+        self.bin_base = base
+        order = layout.order if layout.order is not None else range(self.bins)
+        self._shift = layout.start
+        # Entry of record j: slot_adjust[t] + q where (q, t) = divmod(j + start, bins).
+        self._slot_adjust = [
+            int(base[order[t]]) - (1 if t < layout.start else 0) for t in range(self.bins)
+        ]
+        self._slot_byte = [_HEADER + _ENTRY * adjust for adjust in self._slot_adjust]
+        self._fds: list[int] = [-1] * len(self.segments)
+        self._index_map: mmap.mmap | None = None
+        self._index_checked = False
+        self._pages: OrderedDict[int, bytes] = OrderedDict()
+        self._page_capacity = index_cache_pages
+        self.local = storage.is_local
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        for segment in range(len(self.segments)):
+            self.release(segment)
+        if self._index_map is not None:
+            self._index_map.close()
+            self._index_map = None
+        self._pages.clear()
+
+    def release(self, segment: int) -> None:
+        """Close the descriptor of ``segment``, if open."""
+        descriptor = self._fds[segment]
+        if descriptor >= 0:
+            self._fds[segment] = -1
+            os.close(descriptor)
+
+    # ---------------------------------------------------------------- index
+
+    def _open_index(self) -> mmap.mmap:
+        name = self.commit.index.name
+        mapping = self.storage.map_file(name, self.commit.index.size)
+        check_index_header(mapping[:_HEADER], self.records, self.storage.display(name))
+        self._index_map = mapping
+        return mapping
+
+    def _remote_page(self, page: int) -> bytes:
+        cached = self._pages.get(page)
+        if cached is not None:
+            self._pages.move_to_end(page)
+            return cached
+        name = self.commit.index.name
+        start = _HEADER + page * INDEX_PAGE_ENTRIES * _ENTRY
+        end = min(start + INDEX_PAGE_ENTRIES * _ENTRY, self.commit.index.size)
+        if not self._index_checked:
+            header = self.storage.read_range(name, 0, _HEADER)
+            check_index_header(header, self.records, self.storage.display(name))
+            self._index_checked = True
+        data = self.storage.read_range(name, start, end)
+        if len(data) != end - start:
+            raise self._truncated_index()
+        self._pages[page] = data
+        if len(self._pages) > self._page_capacity:
+            self._pages.popitem(last=False)
+        return data
+
+    def _truncated_index(self) -> TruncatedDataError:
+        where = self.storage.display(self.commit.index.name)
+        return TruncatedDataError(
+            f"index part {where} is shorter than its commit says", path=where
+        )
+
+    def entry(self, j: int) -> tuple[int, int, int, int]:
+        """(segment, length, offset, checksum) of commit-local record ``j``."""
+        q, t = divmod(j + self._shift, self.bins)
+        e = self._slot_adjust[t] + q
+        if self.local:
+            mapping = self._index_map if self._index_map is not None else self._open_index()
+            values: tuple[int, int, int, int] = INDEX_ENTRY.unpack_from(
+                mapping, _HEADER + _ENTRY * e
+            )
+            return values
+        page, within = divmod(e, INDEX_PAGE_ENTRIES)
+        values = INDEX_ENTRY.unpack_from(self._remote_page(page), within * _ENTRY)
+        return values
+
+    def bin_entries(self, bin_id: int) -> np.ndarray:
+        """The index entries of ``bin_id`` in this commit, in written order (a copy)."""
+        if bin_id >= self.bins:
+            return np.empty(0, dtype=INDEX_ENTRY_DTYPE)
+        first = int(self.bin_base[bin_id])
+        count = int(self.bin_counts[bin_id])
+        if count == 0:
+            return np.empty(0, dtype=INDEX_ENTRY_DTYPE)
+        name = self.commit.index.name
+        if not self._index_checked:
+            header = self.storage.read_range(name, 0, _HEADER)
+            check_index_header(header, self.records, self.storage.display(name))
+            self._index_checked = True
+        start = _HEADER + first * _ENTRY
+        data = self.storage.read_range(name, start, start + count * _ENTRY)
+        if len(data) != count * _ENTRY:
+            raise self._truncated_index()
+        entries = np.frombuffer(data, dtype=INDEX_ENTRY_DTYPE)
+        self._check_entries(entries, bin_id)
+        return entries
+
+    def _check_entries(self, entries: np.ndarray, bin_id: int) -> None:
+        segment_ids = entries["segment"]
+        where = self.storage.display(self.commit.index.name)
+        if segment_ids.size and int(segment_ids.max()) >= len(self.segments):
+            raise CorruptDataError(
+                f"index part {where} names a segment this commit does not have",
+                path=where,
+            )
+        sizes = np.fromiter((s.size for s in self.segments), dtype=np.uint64)
+        bins = np.fromiter((s.bin for s in self.segments), dtype=np.int64)
+        ends = entries["offset"] + entries["length"]
+        bad = (bins[segment_ids] != bin_id) | (ends > sizes[segment_ids]) | (
+            entries["offset"] < SEGMENT_HEADER.size
+        )
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise CorruptDataError(
+                f"index part {where}: entry {k} of bin {bin_id} points outside its segment",
+                path=where,
+            )
+
+    # ---------------------------------------------------------------- records
+
+    def read(self, j: int) -> bytes:
+        """The verified stored bytes of commit-local record ``j``."""
+        if not self.local:
+            return self._read_remote(j)
+        q, t = divmod(j + self._shift, self.bins)
+        mapping = self._index_map
+        if mapping is None:
+            mapping = self._open_index()
+        segment, length, offset, checksum = _unpack_entry(mapping, self._slot_byte[t] + _ENTRY * q)
+        try:
+            descriptor = self._fds[segment]
+        except IndexError:
+            raise self._bad_entry(j) from None
+        if descriptor < 0:
+            descriptor = self._open_fd(segment)
+        data = _pread(descriptor, length, offset)
+        if len(data) != length or offset < _MIN_OFFSET:
+            raise self._short(j, self.segments[segment].name, offset)
+        if self._hash is not None and self._hash(data) != checksum:
+            raise self.mismatch(j, self.segments[segment].name, offset)
+        return data
+
+    def _read_remote(self, j: int) -> bytes:
+        segment, length, offset, checksum = self.entry(j)
+        try:
+            name = self.segments[segment].name
+        except IndexError:
+            raise self._bad_entry(j) from None
+        data = self.storage.read_range(name, offset, offset + length)
+        if len(data) != length or offset < _MIN_OFFSET:
+            raise self._short(j, name, offset)
+        if self._hash is not None and self._hash(data) != checksum:
+            raise self.mismatch(j, name, offset)
+        return data
+
+    def _open_fd(self, segment: int) -> int:
+        descriptor = self.storage.open_fd(self.segments[segment].name)
+        self._fds[segment] = descriptor
+        self._handles.opened(self, segment)
+        return descriptor
+
+    def _bad_entry(self, j: int) -> CorruptDataError:
+        where = self.storage.display(self.commit.index.name)
+        return CorruptDataError(
+            f"record {self.first_record + j}: index part {where} names a segment this "
+            f"commit does not have",
+            path=where,
+            record=self.first_record + j,
+        )
+
+    def _short(self, j: int, name: str, offset: int) -> TruncatedDataError:
+        where = self.storage.display(name)
+        return TruncatedDataError(
+            f"record {self.first_record + j}: {where} ends before the record at offset "
+            f"{offset}",
+            path=where,
+            record=self.first_record + j,
+            offset=offset,
+        )
+
+    def mismatch(self, j: int | None, name: str, offset: int) -> ChecksumMismatchError:
+        """The error for a checksum mismatch of record ``j`` (commit-local, if known)."""
+        where = self.storage.display(name)
+        record = None if j is None else self.first_record + j
+        label = "a record" if record is None else f"record {record}"
+        return ChecksumMismatchError(
+            f"{label}: the bytes at offset {offset} of {where} do not match their checksum",
+            path=where,
+            record=record,
+            offset=offset,
+        )
+
+    def record_of_entry(self, bin_id: int, position: int) -> int:
+        """The commit-local record number of the ``position``-th record of ``bin_id``."""
+        layout = self.commit.layout
+        slot = bin_id if layout.order is None else layout.order.index(bin_id)
+        first = slot - layout.start if slot >= layout.start else slot + self.bins - layout.start
+        return first + position * self.bins

@@ -1,0 +1,151 @@
+"""The exception tree of splitdataloader: every error the library raises on purpose.
+
+Each class also inherits the built-in exception that callers would naturally catch, so
+``except FileNotFoundError`` or ``except IndexError`` keeps working::
+
+    SplitDataError
+    ├── DatasetNotFoundError            (FileNotFoundError)
+    │   └── UncommittedDatasetError     files exist but no commit was ever made
+    ├── DatasetFormatError              (ValueError) manifest or index is not valid
+    │   ├── UnsupportedFormatError      unknown format name or version
+    │   └── UnsafeDatasetError          a name escapes the dataset root, or a size is absurd
+    ├── CorruptDataError                (OSError) stored bytes are damaged or missing
+    │   ├── MissingDataFileError        (FileNotFoundError) a committed file is gone
+    │   ├── TruncatedDataError          a file is shorter than its commit says
+    │   └── ChecksumMismatchError       a record's bytes do not match its checksum
+    ├── RecordTypeError                 (TypeError) a record is not a contiguous bytes-like
+    ├── RecordTooLargeError             (ValueError) a record does not fit the format
+    ├── CommitConflictError             (RuntimeError) another writer committed first
+    ├── ReadOnlyDatasetError            (PermissionError) e.g. a 0.0.1 dataset
+    └── WriterClosedError               (RuntimeError) the writer was committed or aborted
+
+All exceptions pickle with their attributes, so they cross process boundaries intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ChecksumMismatchError",
+    "CommitConflictError",
+    "CorruptDataError",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "MissingDataFileError",
+    "ReadOnlyDatasetError",
+    "RecordTooLargeError",
+    "RecordTypeError",
+    "SplitDataError",
+    "TruncatedDataError",
+    "UncommittedDatasetError",
+    "UnsafeDatasetError",
+    "UnsupportedFormatError",
+    "WriterClosedError",
+]
+
+
+class SplitDataError(Exception):
+    """Base class of every error raised by splitdataloader.
+
+    Parameters
+    ----------
+    message
+        The human-readable explanation.
+    path
+        The file or dataset URL concerned, when there is one.
+    record
+        The global record index concerned, when there is one.
+    offset
+        The byte offset inside ``path`` concerned, when there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        record: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.record = record
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only attributes are not restored by BaseException's default reduce.
+        return (
+            _rebuild,
+            (type(self), self.message, self.path, self.record, self.offset),
+        )
+
+
+def _rebuild(
+    cls: type[SplitDataError],
+    message: str,
+    path: str | None,
+    record: int | None,
+    offset: int | None,
+) -> SplitDataError:
+    return cls(message, path=path, record=record, offset=offset)
+
+
+class DatasetNotFoundError(SplitDataError, FileNotFoundError):
+    """No dataset (no manifest and no 0.0.1 index) exists at the given location."""
+
+
+class UncommittedDatasetError(DatasetNotFoundError):
+    """Data files exist but no write ever committed: the writer crashed or was aborted."""
+
+
+class DatasetFormatError(SplitDataError, ValueError):
+    """The manifest or an index part is malformed or inconsistent."""
+
+
+class UnsupportedFormatError(DatasetFormatError):
+    """The dataset declares a format or version this release cannot read."""
+
+
+class UnsafeDatasetError(DatasetFormatError):
+    """The dataset names a file outside its root, or declares sizes beyond sane bounds."""
+
+
+class CorruptDataError(SplitDataError, OSError):
+    """Stored bytes are damaged: a bad frame, a short file or a wrong checksum."""
+
+
+class MissingDataFileError(CorruptDataError, FileNotFoundError):
+    """A file that a commit lists does not exist."""
+
+
+class TruncatedDataError(CorruptDataError):
+    """A file is shorter than the commit that lists it says."""
+
+
+class ChecksumMismatchError(CorruptDataError):
+    """A record's stored bytes do not match the checksum recorded for them."""
+
+
+class RecordTypeError(SplitDataError, TypeError):
+    """A record given to a writer is not a contiguous bytes-like object."""
+
+
+class RecordTooLargeError(SplitDataError, ValueError):
+    """A record is larger than the format can hold (4 GiB - 1 bytes)."""
+
+
+class CommitConflictError(SplitDataError, RuntimeError):
+    """Another writer committed to the dataset since this writer started."""
+
+
+class ReadOnlyDatasetError(SplitDataError, PermissionError):
+    """The dataset cannot be written in place (a splitdataloader 0.0.1 dataset)."""
+
+
+class WriterClosedError(SplitDataError, RuntimeError):
+    """The writer was already committed and closed, or aborted."""

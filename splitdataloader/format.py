@@ -1,0 +1,394 @@
+"""On-disk format version 2: the manifest, index parts, segments and frames, as pure code.
+
+Owns the byte layout (see ``docs/format.md``), the manifest's JSON schema with the
+validation of everything read from storage, and the round-robin layout arithmetic that
+maps a record to its bin and index entry. It performs no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .checksums import SUPPORTED_CHECKSUMS
+from .errors import DatasetFormatError, UnsafeDatasetError, UnsupportedFormatError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "splitdataloader"
+FORMAT_VERSION = 2
+DATA_DIR = "data"
+INDEX_DIR = "index"
+
+#: A manifest larger than this is rejected before parsing.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+#: Upper bound for any declared count or size (2**62): keeps arithmetic exact.
+MAX_DECLARED = 1 << 62
+#: Records hold at most this many bytes (the frame's length field is a u32).
+MAX_RECORD_BYTES = 0xFFFF_FFFF
+#: Upper bound on bins per commit.
+MAX_BINS = 1 << 20
+
+SEGMENT_MAGIC = b"SDLSEG02"
+SEGMENT_HEADER = struct.Struct("<8sII")  # magic, bin, reserved (0)
+INDEX_MAGIC = b"SDLIDX02"
+INDEX_HEADER = struct.Struct("<8sIIQQ")  # magic, header size, entry size, entries, reserved
+FRAME_HEADER = struct.Struct("<IIQ")  # length, length ^ 0xFFFFFFFF, checksum
+INDEX_ENTRY = struct.Struct("<IIQQ")  # segment, length, offset, checksum
+FRAME_CHECK_MASK = 0xFFFF_FFFF
+
+INDEX_ENTRY_DTYPE = np.dtype(
+    [("segment", "<u4"), ("length", "<u4"), ("offset", "<u8"), ("checksum", "<u8")]
+)
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+_SESSION = re.compile(r"[0-9a-f]{8,64}")
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """One immutable data file of a commit, holding frames of a single bin."""
+
+    name: str
+    bin: int
+    size: int
+    records: int
+
+
+@dataclass(frozen=True)
+class RoundRobinLayout:
+    """Record ``j`` of a commit goes to bin ``order[(j + start) % bins]``."""
+
+    bins: int
+    start: int = 0
+    order: tuple[int, ...] | None = None
+
+    def slot_counts(self, records: int) -> np.ndarray:
+        """Records per slot (slot ``t`` feeds bin ``order[t]``) for a commit of ``records``."""
+        slots = np.arange(self.bins, dtype=np.int64)
+        total = self.start + records - slots + self.bins - 1
+        return total // self.bins - (slots < self.start)
+
+    def bin_counts(self, records: int) -> np.ndarray:
+        """Records per bin, indexed by bin id."""
+        per_slot = self.slot_counts(records)
+        if self.order is None:
+            return per_slot
+        per_bin = np.zeros(self.bins, dtype=np.int64)
+        per_bin[np.asarray(self.order, dtype=np.int64)] = per_slot
+        return per_bin
+
+    def bin_of(self, j: int) -> int:
+        """The bin of commit-local record ``j``."""
+        slot = (j + self.start) % self.bins
+        return slot if self.order is None else self.order[slot]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "round_robin",
+            "start": self.start,
+            "order": None if self.order is None else list(self.order),
+        }
+
+
+@dataclass(frozen=True)
+class IndexRef:
+    """The index part of a commit: a header and one fixed-width entry per record."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One atomic write: its records, layout, index part and segments."""
+
+    generation: int
+    session: str
+    records: int
+    layout: RoundRobinLayout
+    index: IndexRef
+    segments: tuple[SegmentRef, ...]
+    created: str = ""
+
+    @property
+    def bins(self) -> int:
+        return self.layout.bins
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The commit point of a dataset: everything a reader may trust."""
+
+    dataset_id: str
+    generation: int
+    checksum: str
+    records: int
+    bins: int
+    commits: tuple[Commit, ...] = ()
+    codecs: tuple[dict[str, Any], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def files(self) -> list[str]:
+        """Every file name the manifest references (index parts and segments)."""
+        names: list[str] = []
+        for commit in self.commits:
+            names.append(commit.index.name)
+            names.extend(segment.name for segment in commit.segments)
+        return names
+
+
+def index_part_size(records: int) -> int:
+    """Bytes of an index part holding ``records`` entries."""
+    return INDEX_HEADER.size + INDEX_ENTRY.size * records
+
+
+def encode_index_header(records: int) -> bytes:
+    return INDEX_HEADER.pack(INDEX_MAGIC, INDEX_HEADER.size, INDEX_ENTRY.size, records, 0)
+
+
+def check_index_header(data: bytes, records: int, path: str) -> None:
+    """Validate an index part's header against the commit that lists it."""
+    if len(data) < INDEX_HEADER.size:
+        raise DatasetFormatError(f"index part {path} is too short for its header", path=path)
+    magic, header_size, entry_size, count, _ = INDEX_HEADER.unpack_from(data)
+    if magic != INDEX_MAGIC or header_size != INDEX_HEADER.size:
+        raise DatasetFormatError(f"{path} is not a version-2 index part", path=path)
+    if entry_size != INDEX_ENTRY.size or count != records:
+        raise DatasetFormatError(
+            f"index part {path} declares {count} entries of {entry_size} bytes; "
+            f"its commit says {records} of {INDEX_ENTRY.size}",
+            path=path,
+        )
+
+
+def encode_segment_header(bin_id: int) -> bytes:
+    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, bin_id, 0)
+
+
+def encode_frame_header(length: int, checksum: int) -> bytes:
+    return FRAME_HEADER.pack(length, length ^ FRAME_CHECK_MASK, checksum)
+
+
+# ---------------------------------------------------------------- manifest JSON
+
+
+def dump_manifest(manifest: Manifest) -> bytes:
+    """Serialise a manifest to UTF-8 JSON bytes."""
+    document: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "dataset_id": manifest.dataset_id,
+        "generation": manifest.generation,
+        "checksum": manifest.checksum,
+        "codecs": list(manifest.codecs),
+        "records": manifest.records,
+        "bins": manifest.bins,
+        "commits": [
+            {
+                "generation": commit.generation,
+                "session": commit.session,
+                "created": commit.created,
+                "records": commit.records,
+                "bins": commit.bins,
+                "layout": commit.layout.to_json(),
+                "index": {"name": commit.index.name, "size": commit.index.size},
+                "segments": [
+                    {"name": s.name, "bin": s.bin, "size": s.size, "records": s.records}
+                    for s in commit.segments
+                ],
+            }
+            for commit in manifest.commits
+        ],
+    }
+    document.update(manifest.extra)
+    return json.dumps(document, indent=1, sort_keys=False).encode("utf-8")
+
+
+def parse_manifest(data: bytes, path: str) -> Manifest:
+    """Parse and validate manifest bytes read from ``path``.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        If the format name or version is not one this release reads.
+    UnsafeDatasetError
+        If a file name escapes the dataset root or a size is out of bounds.
+    DatasetFormatError
+        For any other inconsistency.
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise UnsafeDatasetError(
+            f"manifest {path} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit",
+            path=path,
+        )
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise DatasetFormatError(f"manifest {path} is not valid JSON: {err}", path=path) from err
+    if not isinstance(document, dict):
+        raise DatasetFormatError(f"manifest {path} is not a JSON object", path=path)
+    if document.get("format") != FORMAT_NAME:
+        raise UnsupportedFormatError(
+            f"{path} is not a splitdataloader manifest (format={document.get('format')!r})",
+            path=path,
+        )
+    version = document.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{path} has format version {version!r}; this release reads version "
+            f"{FORMAT_VERSION}: upgrade splitdataloader",
+            path=path,
+        )
+    return _ManifestParser(path).parse(document)
+
+
+class _ManifestParser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, message: str) -> DatasetFormatError:
+        return DatasetFormatError(f"manifest {self.path}: {message}", path=self.path)
+
+    def integer(self, value: object, what: str, low: int = 0, high: int = MAX_DECLARED) -> int:
+        if type(value) is not int:
+            raise self.fail(f"{what} must be an integer, not {type(value).__name__}")
+        if not low <= value <= high:
+            raise UnsafeDatasetError(
+                f"manifest {self.path}: {what}={value} is outside [{low}, {high}]",
+                path=self.path,
+            )
+        return value
+
+    def string(self, value: object, what: str) -> str:
+        if not isinstance(value, str) or len(value) > 4096:
+            raise self.fail(f"{what} must be a string")
+        return value
+
+    def name(self, value: object, what: str, directory: str) -> str:
+        text = self.string(value, what)
+        if not _SAFE_NAME.fullmatch(text) or ".." in text.split("/"):
+            raise UnsafeDatasetError(
+                f"manifest {self.path}: {what} {text!r} is not a plain relative file name",
+                path=self.path,
+            )
+        if not text.startswith(directory + "/"):
+            raise UnsafeDatasetError(
+                f"manifest {self.path}: {what} {text!r} must lie under {directory}/",
+                path=self.path,
+            )
+        return text
+
+    def mapping(self, value: object, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"{what} must be an object")
+        return value
+
+    def listing(self, value: object, what: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(f"{what} must be a list")
+        return value
+
+    def parse(self, document: dict[str, Any]) -> Manifest:
+        checksum = document.get("checksum")
+        if checksum not in SUPPORTED_CHECKSUMS:
+            raise UnsupportedFormatError(
+                f"manifest {self.path}: unknown checksum algorithm {checksum!r}", path=self.path
+            )
+        codecs = self.listing(document.get("codecs", []), "codecs")
+        commits = tuple(
+            self.commit(self.mapping(entry, f"commits[{k}]"), k)
+            for k, entry in enumerate(self.listing(document.get("commits"), "commits"))
+        )
+        records = self.integer(document.get("records"), "records")
+        if records != sum(commit.records for commit in commits):
+            raise self.fail(f"records={records} differs from the sum over its commits")
+        bins = self.integer(document.get("bins"), "bins", 1, MAX_BINS)
+        if any(commit.bins > bins for commit in commits):
+            raise self.fail("a commit has more bins than the dataset")
+        known = {
+            "format",
+            "format_version",
+            "dataset_id",
+            "generation",
+            "checksum",
+            "codecs",
+            "records",
+            "bins",
+            "commits",
+        }
+        return Manifest(
+            dataset_id=self.string(document.get("dataset_id"), "dataset_id"),
+            generation=self.integer(document.get("generation"), "generation"),
+            checksum=str(checksum),
+            records=records,
+            bins=bins,
+            commits=commits,
+            codecs=tuple(self.mapping(c, "codec") for c in codecs),
+            extra={k: v for k, v in document.items() if k not in known},
+        )
+
+    def commit(self, entry: dict[str, Any], k: int) -> Commit:
+        where = f"commits[{k}]"
+        records = self.integer(entry.get("records"), f"{where}.records")
+        bins = self.integer(entry.get("bins"), f"{where}.bins", 1, MAX_BINS)
+        layout = self.layout(self.mapping(entry.get("layout"), f"{where}.layout"), bins, where)
+        index = self.mapping(entry.get("index"), f"{where}.index")
+        index_ref = IndexRef(
+            name=self.name(index.get("name"), f"{where}.index.name", INDEX_DIR),
+            size=self.integer(index.get("size"), f"{where}.index.size"),
+        )
+        if index_ref.size != index_part_size(records):
+            raise self.fail(f"{where}.index.size does not match {records} records")
+        segments = tuple(
+            self.segment(self.mapping(s, f"{where}.segments[{n}]"), bins, f"{where}.segments[{n}]")
+            for n, s in enumerate(self.listing(entry.get("segments"), f"{where}.segments"))
+        )
+        per_bin = np.zeros(bins, dtype=np.int64)
+        for segment in segments:
+            per_bin[segment.bin] += segment.records
+        if not np.array_equal(per_bin, layout.bin_counts(records)):
+            raise self.fail(f"{where}: segment record counts do not match its layout")
+        session = self.string(entry.get("session"), f"{where}.session")
+        if not _SESSION.fullmatch(session):
+            raise self.fail(f"{where}.session {session!r} is not a hexadecimal id")
+        return Commit(
+            generation=self.integer(entry.get("generation"), f"{where}.generation"),
+            session=session,
+            records=records,
+            layout=layout,
+            index=index_ref,
+            segments=segments,
+            created=self.string(entry.get("created", ""), f"{where}.created"),
+        )
+
+    def layout(self, entry: dict[str, Any], bins: int, where: str) -> RoundRobinLayout:
+        if entry.get("type") != "round_robin":
+            raise UnsupportedFormatError(
+                f"manifest {self.path}: {where}.layout type {entry.get('type')!r} is unknown",
+                path=self.path,
+            )
+        start = self.integer(entry.get("start", 0), f"{where}.layout.start", 0, bins - 1)
+        order = entry.get("order")
+        if order is None:
+            return RoundRobinLayout(bins=bins, start=start)
+        values = [self.integer(v, f"{where}.layout.order[]", 0, bins - 1) for v in order]
+        if sorted(values) != list(range(bins)):
+            raise self.fail(f"{where}.layout.order is not a permutation of the bins")
+        return RoundRobinLayout(bins=bins, start=start, order=tuple(values))
+
+    def segment(self, entry: dict[str, Any], bins: int, where: str) -> SegmentRef:
+        segment = SegmentRef(
+            name=self.name(entry.get("name"), f"{where}.name", DATA_DIR),
+            bin=self.integer(entry.get("bin"), f"{where}.bin", 0, bins - 1),
+            size=self.integer(entry.get("size"), f"{where}.size", SEGMENT_HEADER.size),
+            records=self.integer(entry.get("records"), f"{where}.records"),
+        )
+        minimum = SEGMENT_HEADER.size + FRAME_HEADER.size * segment.records
+        if segment.size < minimum:
+            raise self.fail(f"{where}.size is too small for {segment.records} records")
+        return segment

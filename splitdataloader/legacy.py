@@ -1,0 +1,142 @@
+"""Reading splitdataloader 0.0.1 datasets, read-only, with 0.0.1's record order.
+
+A 0.0.1 dataset is a folder with ``index.dat`` (little-endian u32 triplets: bin, position,
+length) and ``bin%08d.dat`` files of u32 size-prefixed packets, and no manifest. This
+module owns that layout; it never writes one.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import CorruptDataError, MissingDataFileError, TruncatedDataError
+
+if TYPE_CHECKING:
+    from .storage import Storage
+
+LEGACY_INDEX_NAME = "index.dat"
+_TRIPLET = struct.Struct("<III")
+_SIZE = struct.Struct("<I")
+_BIN_NAME = re.compile(r"bin\d{8}\.dat")
+
+
+def legacy_bin_name(bin_id: int) -> str:
+    return f"bin{bin_id:08d}.dat"
+
+
+def legacy_bin_names(storage: Storage) -> list[str]:
+    """The bin files of a 0.0.1 dataset, sorted as 0.0.1 iterates them."""
+    if storage.is_local:
+        import os  # noqa: PLC0415 - local listing only
+
+        try:
+            names = os.listdir(storage.root)
+        except FileNotFoundError:
+            return []
+    else:
+        prefix = storage.root.rstrip("/") + "/"
+        names = [p[len(prefix) :] for p in storage.fs.ls(storage.root, detail=False)]
+    return sorted(name for name in names if _BIN_NAME.fullmatch(name))
+
+
+class LegacyDataset:
+    """Random access and bin-wise iteration over a 0.0.1 dataset."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._index_size = storage.size(LEGACY_INDEX_NAME)
+        self.records = self._index_size // _TRIPLET.size
+        self._index_map: mmap.mmap | None = None
+        if storage.is_local and self._index_size:
+            self._index_map = storage.map_file(LEGACY_INDEX_NAME, self._index_size)
+        self.bin_names = legacy_bin_names(storage)
+
+    @property
+    def bins(self) -> int:
+        return len(self.bin_names)
+
+    def close(self) -> None:
+        if self._index_map is not None:
+            self._index_map.close()
+            self._index_map = None
+
+    def _triplet(self, index: int) -> tuple[int, int, int]:
+        start = index * _TRIPLET.size
+        if self._index_map is not None:
+            values: tuple[int, int, int] = _TRIPLET.unpack_from(self._index_map, start)
+            return values
+        data = self._storage.read_range(LEGACY_INDEX_NAME, start, start + _TRIPLET.size)
+        values = _TRIPLET.unpack(data)
+        return values
+
+    def get(self, index: int) -> bytes:
+        """Record ``index`` (already range-checked), exactly as 0.0.1 returns it."""
+        bin_id, position, length = self._triplet(index)
+        name = legacy_bin_name(bin_id)
+        data = self._storage.read_range(name, position, position + _SIZE.size + length)
+        where = self._storage.display(name)
+        if len(data) < _SIZE.size or _SIZE.unpack_from(data)[0] != length:
+            raise CorruptDataError(
+                f"record {index}: {where} has no packet of {length} bytes at offset "
+                f"{position}",
+                path=where,
+                record=index,
+                offset=position,
+            )
+        if len(data) != _SIZE.size + length:
+            raise TruncatedDataError(
+                f"record {index}: {where} ends inside the packet at offset {position}",
+                path=where,
+                record=index,
+                offset=position,
+            )
+        return data[_SIZE.size :]
+
+    def read_bin(self, name: str) -> list[bytes]:
+        """All packets of one bin file, in file order."""
+        try:
+            data = self._storage.read_file(name)
+        except FileNotFoundError as err:
+            raise MissingDataFileError(
+                f"{self._storage.display(name)} disappeared", path=self._storage.display(name)
+            ) from err
+        packets: list[bytes] = []
+        position = 0
+        end = len(data)
+        view = memoryview(data)
+        unpack = _SIZE.unpack_from
+        while position < end:
+            if position + _SIZE.size > end:
+                raise self._truncated(name, position)
+            (size,) = unpack(view, position)
+            start = position + _SIZE.size
+            position = start + size
+            if position > end:
+                raise self._truncated(name, start - _SIZE.size)
+            packets.append(data[start:position])
+        return packets
+
+    def _truncated(self, name: str, offset: int) -> TruncatedDataError:
+        where = self._storage.display(name)
+        return TruncatedDataError(
+            f"{where} ends inside the packet at offset {offset}", path=where, offset=offset
+        )
+
+    def iterate_binwise(self, shuffle: bool, seed: int | None) -> Iterator[bytes]:
+        names = list(self.bin_names)
+        rng = np.random.default_rng(seed) if shuffle else None
+        if rng is not None:
+            names = [names[k] for k in rng.permutation(len(names))]
+        for name in names:
+            packets = self.read_bin(name)
+            if rng is not None:
+                for k in rng.permutation(len(packets)).tolist():
+                    yield packets[k]
+            else:
+                yield from packets

@@ -1,0 +1,510 @@
+"""Reading datasets: :class:`SplitDataLoader`.
+
+Owns the public read API: opening a dataset (version 2 through its manifest, or a
+splitdataloader 0.0.1 folder), ``len()``, random access, batched access and bin-wise
+iteration with seeded shuffling. Per-commit index and segment access lives in
+:mod:`splitdataloader.commits`; byte I/O lives in :mod:`splitdataloader.storage`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .checksums import checksum_function
+from .commits import LARGE_RECORD, CommitReader, HandleCache
+from .errors import (
+    CorruptDataError,
+    DatasetNotFoundError,
+    TruncatedDataError,
+    UncommittedDatasetError,
+)
+from .format import (
+    DATA_DIR,
+    INDEX_DIR,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    SEGMENT_MAGIC,
+    Manifest,
+    parse_manifest,
+)
+from .legacy import LEGACY_INDEX_NAME, LegacyDataset
+from .storage import Storage, open_storage
+
+__all__ = ["SplitDataLoader"]
+
+#: Gap below which neighbouring ranges of one segment are fetched in one request.
+COALESCE_GAP = 256 * 1024
+
+
+def _reopen(url: str, options: dict[str, Any]) -> SplitDataLoader:
+    return SplitDataLoader(url, **options)
+
+
+class SplitDataLoader:
+    """Random access and bin-wise iteration over a dataset.
+
+    Opening reads the manifest only: nothing proportional to the number of records.
+
+    Parameters
+    ----------
+    data_dir
+        A local path or any fsspec URL (``memory://…``, ``s3://bucket/prefix``,
+        ``simplecache::s3://…``) of a dataset written by this package or by
+        splitdataloader 0.0.1.
+    storage_options
+        Options for the fsspec filesystem, passed unchanged.
+    verify
+        Check every record's checksum when it is read (the default). Turning it off
+        saves a hash per record and gives up the detection of corrupt bytes.
+    max_open_segments
+        Upper bound on the segments kept memory-mapped or open for random access.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If there is no dataset at ``data_dir``.
+    UncommittedDatasetError
+        If data files exist but no write ever committed.
+    DatasetFormatError
+        If the manifest is malformed, unsafe or of an unknown version.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        verify: bool = True,
+        max_open_segments: int = 512,
+    ) -> None:
+        self._storage: Storage = open_storage(os.fspath(data_dir), storage_options)
+        self._options: dict[str, Any] = {
+            "storage_options": storage_options,
+            "verify": verify,
+            "max_open_segments": max_open_segments,
+        }
+        self._verify = verify
+        self._handles = HandleCache(max_open_segments)
+        self._legacy: LegacyDataset | None = None
+        self._readers: list[CommitReader] = []
+        self._starts: list[int] = []
+        self.manifest: Manifest | None = None
+        raw = self._read_manifest()
+        if raw is None:
+            self._legacy = LegacyDataset(self._storage)
+            self._length = self._legacy.records
+            self._bins = self._legacy.bins
+            self._read = self._legacy.get
+            return
+        manifest = parse_manifest(raw, self._storage.display(MANIFEST_NAME))
+        self.manifest = manifest
+        self._length = manifest.records
+        self._bins = manifest.bins
+        hash_record = checksum_function(manifest.checksum) if verify else None
+        first = 0
+        for commit in manifest.commits:
+            if commit.records == 0:
+                continue
+            reader = CommitReader(self._storage, commit, first, hash_record, self._handles)
+            self._readers.append(reader)
+            self._starts.append(first)
+            first += commit.records
+        self._read = self._readers[0].read if len(self._readers) == 1 else self._read_any
+
+    def _read_manifest(self) -> bytes | None:
+        storage = self._storage
+        try:
+            return storage.read_file(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            pass
+        if storage.exists(LEGACY_INDEX_NAME):
+            return None
+        url = storage.spec.url
+        if storage.list_names(DATA_DIR) or storage.list_names(INDEX_DIR):
+            raise UncommittedDatasetError(
+                f"{url} holds data files but no {MANIFEST_NAME}: a write never committed. "
+                f"Write the dataset again (start_clean=True) or remove the folder",
+                path=url,
+            )
+        raise DatasetNotFoundError(
+            f"no dataset at {url}: neither {MANIFEST_NAME} nor a splitdataloader 0.0.1 "
+            f"{LEGACY_INDEX_NAME} exists there",
+            path=url,
+        )
+
+    # ------------------------------------------------------------------ basics
+
+    def __len__(self) -> int:
+        """The number of records in the dataset."""
+        return self._length
+
+    def __repr__(self) -> str:
+        kind = "0.0.1" if self._legacy is not None else "v2"
+        return (
+            f"SplitDataLoader({self._storage.spec.url!r}, records={self._length}, "
+            f"bins={self._bins}, format={kind})"
+        )
+
+    @property
+    def url(self) -> str:
+        """The dataset's URL as given."""
+        return self._storage.spec.url
+
+    @property
+    def num_bins(self) -> int:
+        """The number of bins."""
+        return self._bins
+
+    @property
+    def is_legacy(self) -> bool:
+        """True for a splitdataloader 0.0.1 dataset (read-only)."""
+        return self._legacy is not None
+
+    def close(self) -> None:
+        """Release memory maps and descriptors; the loader reopens them on next use."""
+        self._handles.clear()
+        for reader in self._readers:
+            reader.close()
+        if self._legacy is not None:
+            self._legacy.close()
+
+    def __enter__(self) -> SplitDataLoader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Never pickle live filesystems, maps or descriptors: rebuild from the spec.
+        return (_reopen, (self._storage.spec.url, self._options))
+
+    # ------------------------------------------------------------------ random access
+
+    def __getitem__(self, index: Any) -> Any:
+        """Record ``index`` as bytes (negative counts from the end); a slice gives a list.
+
+        Raises
+        ------
+        IndexError
+            If ``index`` is out of range.
+        TypeError
+            If ``index`` is not an integer or a slice.
+        CorruptDataError
+            If the stored bytes are damaged (names the file, record and offset).
+        """
+        if type(index) is int and 0 <= index < self._length:
+            return self._read(index)
+        if type(index) is not int:
+            if isinstance(index, slice):
+                return [self._read(i) for i in range(*index.indices(self._length))]
+            try:
+                index = operator.index(index)
+            except TypeError:
+                raise TypeError(
+                    f"dataset indices must be integers or slices, not {type(index).__name__}"
+                ) from None
+        length = self._length
+        position = index + length if index < 0 else index
+        if position < 0 or position >= length:
+            raise IndexError(f"record index {index} is out of range for {length} records")
+        return self._read(position)
+
+    def _read_any(self, index: int) -> bytes:
+        reader = self._readers[bisect.bisect_right(self._starts, index) - 1]
+        return reader.read(index - reader.first_record)
+
+    def _locate(self, index: Any) -> int:
+        position = operator.index(index)
+        if position < 0:
+            position += self._length
+        if not 0 <= position < self._length:
+            raise IndexError(f"record index {index} is out of range for {self._length} records")
+        return position
+
+    def get_many(self, indices: Iterable[int]) -> list[bytes]:
+        """The records at ``indices``, in the order asked (repeats allowed).
+
+        Records of one segment are fetched together: on remote filesystems nearby ranges
+        are coalesced into one request and all requests are issued concurrently.
+        """
+        positions = [self._locate(i) for i in indices]
+        if self._legacy is not None or self._storage.is_local:
+            read = self._read
+            return [read(p) for p in positions]
+        return self._get_many_remote(positions)
+
+    def _get_many_remote(self, positions: Sequence[int]) -> list[bytes]:
+        wanted: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+        for k, position in enumerate(positions):
+            reader_id = bisect.bisect_right(self._starts, position) - 1
+            reader = self._readers[reader_id]
+            j = position - reader.first_record
+            segment, length, offset, checksum = reader.entry(j)
+            if segment >= len(reader.segments):
+                raise CorruptDataError(
+                    f"record {position}: its index entry names a missing segment",
+                    record=position,
+                )
+            wanted.setdefault((reader_id, segment), []).append((offset, length, checksum, k))
+        names: list[str] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        groups: list[tuple[int, int, int, list[tuple[int, int, int, int]]]] = []
+        for (reader_id, segment), items in wanted.items():
+            items.sort()
+            name = self._readers[reader_id].segments[segment].name
+            run: list[tuple[int, int, int, int]] = []
+            run_start = run_end = -1
+            for item in [*items, None]:
+                if item is not None and run and item[0] <= run_end + COALESCE_GAP:
+                    run.append(item)
+                    run_end = max(run_end, item[0] + item[1])
+                    continue
+                if run:
+                    names.append(name)
+                    starts.append(run_start)
+                    ends.append(run_end)
+                    groups.append((reader_id, segment, run_start, run))
+                if item is not None:
+                    run = [item]
+                    run_start, run_end = item[0], item[0] + item[1]
+        blobs = self._storage.read_ranges(names, starts, ends)
+        out: list[bytes] = [b""] * len(positions)
+        for (reader_id, segment, run_start, run), blob in zip(groups, blobs):
+            reader = self._readers[reader_id]
+            name = reader.segments[segment].name
+            view = memoryview(blob)
+            for offset, length, checksum, k in run:
+                data = bytes(view[offset - run_start : offset - run_start + length])
+                j = positions[k] - reader.first_record
+                if len(data) != length:
+                    raise reader._short(j, name, offset)  # noqa: SLF001 - same package
+                if self._verify and reader._hash is not None and reader._hash(data) != checksum:  # noqa: SLF001
+                    raise reader.mismatch(j, name, offset)
+                out[k] = data
+        return out
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Every record in index order."""
+        if self._legacy is not None:
+            for index in range(self._length):
+                yield self._legacy.get(index)
+            return
+        for reader in self._readers:
+            read = reader.read
+            for j in range(reader.records):
+                yield read(j)
+
+    # ------------------------------------------------------------------ iteration
+
+    def iterate_binwise(self, shuffle: bool = False, seed: int | None = None) -> Iterator[bytes]:
+        """Iterate bin by bin: much faster than index order.
+
+        Without ``shuffle``, bins come in order and each bin's records in the order they
+        were written. With ``shuffle``, the bin order and the order inside each bin are
+        permuted, identically for the same ``seed`` (a fresh random order when ``seed``
+        is None). Each segment is read in one request.
+        """
+        if self._legacy is not None:
+            yield from self._legacy.iterate_binwise(shuffle, seed)
+            return
+        if not shuffle:
+            for bin_id in range(self._bins):
+                for chunk in self._bin_in_order(bin_id):
+                    yield from chunk
+            return
+        rng = np.random.default_rng(seed)
+        for bin_id in rng.permutation(self._bins).tolist():
+            for chunk in self._bin_shuffled(bin_id, rng):
+                yield from chunk
+
+    def _bin_in_order(self, bin_id: int) -> Iterator[list[bytes]]:
+        for reader in self._readers:
+            entries = reader.bin_entries(bin_id)
+            if entries.size == 0:
+                continue
+            segment_ids = entries["segment"]
+            cuts = np.flatnonzero(segment_ids[1:] != segment_ids[:-1]) + 1
+            bounds = [0, *cuts.tolist(), len(entries)]
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                source = _SegmentSource(reader, int(segment_ids[lo]), entries[lo:hi])
+                try:
+                    yield from source.chunks(bin_id, lo)
+                finally:
+                    source.close()
+
+    def _bin_shuffled(self, bin_id: int, rng: np.random.Generator) -> Iterator[list[bytes]]:
+        sources: list[_SegmentSource] = []
+        parts: list[np.ndarray] = []
+        positions: list[np.ndarray] = []
+        try:
+            for reader in self._readers:
+                entries = reader.bin_entries(bin_id)
+                if entries.size == 0:
+                    continue
+                segment_ids = entries["segment"]
+                for segment in np.unique(segment_ids).tolist():
+                    where = np.flatnonzero(segment_ids == segment)
+                    sources.append(_SegmentSource(reader, segment, entries[where]))
+                    parts.append(np.full(len(where), len(sources) - 1, dtype=np.int64))
+                    positions.append(where)
+            if not parts:
+                return
+            order = rng.permutation(sum(len(p) for p in parts))
+            owners = np.concatenate(parts)[order]
+            within = np.concatenate([np.arange(len(p)) for p in parts])[order]
+            for lo in range(0, len(order), CHUNK_RECORDS):
+                yield self._gather(
+                    sources,
+                    owners[lo : lo + CHUNK_RECORDS],
+                    within[lo : lo + CHUNK_RECORDS],
+                    bin_id,
+                    np.concatenate(positions)[order[lo : lo + CHUNK_RECORDS]]
+                    if len(positions) > 1
+                    else positions[0][order[lo : lo + CHUNK_RECORDS]],
+                )
+        finally:
+            for source in sources:
+                source.close()
+
+    @staticmethod
+    def _gather(
+        sources: list[_SegmentSource],
+        owners: np.ndarray,
+        within: np.ndarray,
+        bin_id: int,
+        positions: np.ndarray,
+    ) -> list[bytes]:
+        if len(sources) == 1:
+            return sources[0].take(within, bin_id, positions)
+        out: list[bytes] = [b""] * len(owners)
+        for source_id in np.unique(owners).tolist():
+            picked = np.flatnonzero(owners == source_id)
+            records = sources[source_id].take(within[picked], bin_id, positions[picked])
+            for k, record in zip(picked.tolist(), records):
+                out[k] = record
+        return out
+
+
+#: Records materialised at once while iterating (bounded further by CHUNK_BYTES).
+CHUNK_RECORDS = 1024
+
+
+class _SegmentSource:
+    """One segment opened for iteration: a mapping, a descriptor, or its bytes."""
+
+    def __init__(self, reader: CommitReader, segment: int, entries: np.ndarray) -> None:
+        self.reader = reader
+        self.entries = entries
+        ref = reader.segments[segment]
+        self.name = ref.name
+        storage = reader.storage
+        self._buffer: Any = None
+        self._fd = -1
+        large = bool(entries.size) and int(entries["length"].mean()) >= LARGE_RECORD
+        if storage.is_local and large:
+            self._fd = storage.open_fd(ref.name)
+            actual = os.fstat(self._fd).st_size
+            if actual < ref.size:
+                os.close(self._fd)
+                self._fd = -1
+                raise self._truncated(actual)
+            return
+        if storage.is_local:
+            self._buffer = storage.map_file(ref.name, ref.size)
+        else:
+            self._buffer = storage.read_range(ref.name, 0, ref.size)
+            if len(self._buffer) != ref.size:
+                raise self._truncated(len(self._buffer))
+        if self._buffer[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
+            self.close()
+            where = storage.display(ref.name)
+            raise CorruptDataError(f"{where} is not a version-2 segment", path=where)
+
+    def _truncated(self, actual: int) -> TruncatedDataError:
+        where = self.reader.storage.display(self.name)
+        return TruncatedDataError(
+            f"{where} is {actual} bytes; its commit says more", path=where, offset=actual
+        )
+
+    def _slices(self, offsets: list[int], lengths: list[int]) -> list[bytes]:
+        if self._fd >= 0:
+            descriptor = self._fd
+            records = [os.pread(descriptor, n, o) for o, n in zip(offsets, lengths)]
+            for record, length, offset in zip(records, lengths, offsets):
+                if len(record) != length:
+                    raise self._truncated(offset)
+            return records
+        buffer = self._buffer
+        return [buffer[o : o + n] for o, n in zip(offsets, lengths)]
+
+    def _verify(
+        self, records: list[bytes], checksums: list[int], offsets: list[int], bin_id: int,
+        positions: list[int],
+    ) -> None:
+        hash_record = self.reader._hash  # noqa: SLF001 - same package
+        if hash_record is None:
+            return
+        if list(map(hash_record, records)) == checksums:
+            return
+        for record, checksum, offset, position in zip(records, checksums, offsets, positions):
+            if hash_record(record) != checksum:
+                reader = self.reader
+                raise reader.mismatch(reader.record_of_entry(bin_id, position), self.name, offset)
+
+    def chunks(self, bin_id: int, first_position: int) -> Iterator[list[bytes]]:
+        """The segment's records in written order, a verified chunk at a time."""
+        entries = self.entries
+        step = _chunk_records(entries)
+        for lo in range(0, len(entries), step):
+            part = entries[lo : lo + step]
+            offsets = part["offset"].tolist()
+            lengths = part["length"].tolist()
+            records = self._slices(offsets, lengths)
+            self._verify(
+                records,
+                part["checksum"].tolist(),
+                offsets,
+                bin_id,
+                list(range(first_position + lo, first_position + lo + len(part))),
+            )
+            yield records
+
+    def take(self, within: np.ndarray, bin_id: int, positions: np.ndarray) -> list[bytes]:
+        """Records at ``within`` (indices into this source's entries), verified."""
+        part = self.entries[within]
+        offsets = part["offset"].tolist()
+        records = self._slices(offsets, part["length"].tolist())
+        self._verify(records, part["checksum"].tolist(), offsets, bin_id, positions.tolist())
+        return records
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._buffer is not None and hasattr(self._buffer, "close"):
+            self._buffer.close()
+        self._buffer = None
+
+
+#: Bytes materialised at once while iterating.
+CHUNK_BYTES = 1 << 20
+
+
+def _chunk_records(entries: np.ndarray) -> int:
+    if not entries.size:
+        return 1
+    average = max(1, int(entries["length"].mean()))
+    return max(1, min(CHUNK_RECORDS, CHUNK_BYTES // average))

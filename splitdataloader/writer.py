@@ -1,0 +1,581 @@
+"""Writing datasets: :class:`SplitWriter` and the 0.0.1-compatible :func:`write_split_data`.
+
+Owns the write path of format version 2: records are framed and appended to one new
+segment per bin, index entries are gathered bin-major (spilling to a local scratch file
+past a fixed budget), and a commit closes the segments, writes the index part and then
+replaces the manifest in one atomic step. It reads an existing manifest only to append
+to it; it never modifies a committed file.
+
+Memory bound
+------------
+A writer holds, whatever the dataset size: one data buffer per bin of
+``clamp(16 MiB / bins, 64 KiB, 1 MiB)`` bytes (so at most 16 MiB in total, or 64 KiB per
+bin above 256 bins), at most ``8 MiB`` of index entries (24 bytes per record; older
+entries go to a local scratch file), plus the buffers of the filesystem's open files
+(none on local disk; one upload block per open segment on object stores). Records larger
+than the per-bin buffer are written straight through without a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+
+from .checksums import DEFAULT_CHECKSUM, checksum_function
+from .errors import (
+    CommitConflictError,
+    DatasetFormatError,
+    ReadOnlyDatasetError,
+    SplitDataError,
+    WriterClosedError,
+)
+from .format import (
+    DATA_DIR,
+    FRAME_CHECK_MASK,
+    FRAME_HEADER,
+    INDEX_DIR,
+    INDEX_ENTRY,
+    MANIFEST_NAME,
+    MAX_BINS,
+    MAX_MANIFEST_BYTES,
+    SEGMENT_HEADER,
+    Commit,
+    IndexRef,
+    Manifest,
+    RoundRobinLayout,
+    SegmentRef,
+    dump_manifest,
+    encode_index_header,
+    encode_segment_header,
+    index_part_size,
+    parse_manifest,
+)
+from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
+from .records import as_byte_view
+from .storage import Storage, Writable, open_storage
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SplitWriter", "write_split_data"]
+
+DEFAULT_BINS = 256
+DEFAULT_MAX_SEGMENT_BYTES = 1 << 30
+_DATA_BUFFER_TOTAL = 16 << 20
+_DATA_BUFFER_MIN = 64 << 10
+_DATA_BUFFER_MAX = 1 << 20
+_ENTRY_BUDGET = 8 << 20
+
+
+class _OpenSegment:
+    """A segment being written in the current commit."""
+
+    __slots__ = ("bin", "name", "records", "size", "writer")
+
+    def __init__(self, name: str, bin_id: int, writer: Writable) -> None:
+        self.name = name
+        self.bin = bin_id
+        self.writer: Writable | None = writer
+        self.size = 0
+        self.records = 0
+
+
+class SplitWriter:
+    """Stream records into a dataset, committing them atomically.
+
+    Records go round-robin to ``bins`` bins (in a seeded random bin order with
+    ``shuffle``). Leaving the ``with`` block normally commits; an exception inside it
+    aborts, deletes this writer's uncommitted files and leaves the previous commit intact.
+    Memory stays bounded whatever the dataset size (see the module documentation).
+
+    Parameters
+    ----------
+    target_dir
+        A local path or any fsspec URL of the dataset; created if missing.
+    bins
+        Number of bins. ``None`` keeps the existing dataset's, or 256 for a new one.
+    shuffle
+        Send records round-robin over a random permutation of the bins.
+    start_clean
+        Replace the dataset: the new commit holds only what this writer writes; the old
+        files are deleted after the commit succeeded.
+    storage_options
+        Options for the fsspec filesystem.
+    seed
+        Seed for the bin permutation of ``shuffle``.
+    checksum
+        Checksum algorithm stored for every record (``"xxh3_64"`` or ``"crc32"``); when
+        appending, the dataset's own algorithm is kept.
+    durable
+        ``fsync`` data, index, manifest and folders on local disk before a commit
+        returns, so that a commit survives a power failure. Off by default: a commit is
+        always atomic (the manifest is replaced in one step), so a crashed or killed
+        writer never damages the dataset; only a power failure can lose recent commits,
+        and then reads report the damaged records instead of returning wrong bytes.
+    max_segment_bytes
+        Start a new segment of a bin once its current one would exceed this size.
+
+    Raises
+    ------
+    ReadOnlyDatasetError
+        If the target is a splitdataloader 0.0.1 dataset and ``start_clean`` is false.
+    """
+
+    def __init__(
+        self,
+        target_dir: str | os.PathLike[str],
+        bins: int | None = None,
+        shuffle: bool = False,
+        start_clean: bool = False,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        seed: int | None = None,
+        checksum: str = DEFAULT_CHECKSUM,
+        durable: bool = False,
+        max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES,
+    ) -> None:
+        if bins is not None and (type(bins) is not int or not 1 <= bins <= MAX_BINS):
+            raise ValueError(f"bins must be an integer in [1, {MAX_BINS}], not {bins!r}")
+        if type(max_segment_bytes) is not int or max_segment_bytes < 1024:
+            raise ValueError("max_segment_bytes must be an integer >= 1024")
+        self._storage: Storage = open_storage(os.fspath(target_dir), storage_options)
+        self._durable = durable
+        self._start_clean = start_clean
+        self._max_segment_bytes = max_segment_bytes
+        self._session = secrets.token_hex(8)
+        self._closed = False
+
+        self._base_raw, base = self._read_base()
+        if self._base_raw is None and self._storage.exists(LEGACY_INDEX_NAME) and not start_clean:
+            raise ReadOnlyDatasetError(
+                f"{self._storage.spec.url} is a splitdataloader 0.0.1 dataset; it opens "
+                f"read-only. Convert it first (splitdataloader.convert_legacy) or pass "
+                f"start_clean=True to replace it",
+                path=self._storage.spec.url,
+            )
+        self._base: Manifest | None = None if start_clean else base
+        self._replaced: Manifest | None = base if start_clean else None
+        if self._base is not None:
+            checksum = self._base.checksum
+        self._checksum_name = checksum
+        self._hash = checksum_function(checksum)
+        self._bins = bins if bins is not None else (self._base.bins if self._base else DEFAULT_BINS)
+        order: tuple[int, ...] | None = None
+        if shuffle:
+            rng = np.random.default_rng(seed)
+            order = tuple(int(b) for b in rng.permutation(self._bins))
+        self._order = order
+        self._buffer_limit = min(
+            _DATA_BUFFER_MAX, max(_DATA_BUFFER_MIN, _DATA_BUFFER_TOTAL // self._bins)
+        )
+        self._commit_number = 0
+        self._session_records = 0
+        self._dirs_made = False
+        self._reset_commit_state()
+
+    # ------------------------------------------------------------------ state
+
+    def _read_base(self) -> tuple[bytes | None, Manifest | None]:
+        try:
+            raw = self._storage.read_file(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            return None, None
+        try:
+            return raw, parse_manifest(raw, self._storage.display(MANIFEST_NAME))
+        except DatasetFormatError:
+            if self._start_clean:
+                return raw, None
+            raise
+
+    def _reset_commit_state(self) -> None:
+        bins = self._bins
+        self._segments: list[_OpenSegment] = []
+        self._current: list[int] = [-1] * bins
+        self._buffers: list[bytearray] = [bytearray() for _ in range(bins)]
+        self._entries: list[bytearray] = [bytearray() for _ in range(bins)]
+        self._entry_bytes = 0
+        self._spills: list[list[tuple[int, int]]] = [[] for _ in range(bins)]
+        self._scratch: IO[bytes] | None = None
+        self._commit_records = 0
+        self._layout_start = self._session_records % bins
+
+    @property
+    def url(self) -> str:
+        """The dataset URL this writer writes to."""
+        return self._storage.spec.url
+
+    @property
+    def bins(self) -> int:
+        """The number of bins records are spread over."""
+        return self._bins
+
+    @property
+    def pending(self) -> int:
+        """Records written since the last commit."""
+        return self._commit_records
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WriterClosedError(f"the writer of {self.url} is closed")
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, record: Any) -> int:
+        """Add one record; returns the global index it will have once committed.
+
+        Raises
+        ------
+        RecordTypeError
+            If ``record`` is not a contiguous bytes-like object.
+        """
+        self._check_open()
+        base = self._base.records if self._base else 0
+        self._write_batch((record,))
+        return base + self._commit_records - 1
+
+    def write_many(self, records: Iterable[Any]) -> int:
+        """Add every record of ``records``; returns how many were added."""
+        self._check_open()
+        before = self._commit_records
+        self._write_batch(records)
+        return self._commit_records - before
+
+    def _write_batch(self, records: Iterable[Any]) -> None:
+        bins = self._bins
+        order = self._order
+        buffers = self._buffers
+        entries = self._entries
+        current = self._current
+        segments = self._segments
+        limit = self._buffer_limit
+        max_segment = self._max_segment_bytes
+        hash_record = self._hash
+        pack_frame = FRAME_HEADER.pack
+        pack_entry = INDEX_ENTRY.pack
+        frame_size = FRAME_HEADER.size
+        mask = FRAME_CHECK_MASK
+        slot = (self._session_records + self._commit_records) % bins
+        count = self._commit_records
+        entry_bytes = self._entry_bytes
+        try:
+            for record in records:
+                view = record if type(record) is bytes else as_byte_view(record, count)
+                length = len(view)
+                bin_id = slot if order is None else order[slot]
+                slot += 1
+                if slot == bins:
+                    slot = 0
+                checksum = hash_record(view)
+                segment_id = current[bin_id]
+                if segment_id < 0:
+                    segment_id = self._open_segment(bin_id)
+                segment = segments[segment_id]
+                if segment.records and segment.size + frame_size + length > max_segment:
+                    self._close_segment(bin_id)
+                    segment_id = self._open_segment(bin_id)
+                    segment = segments[segment_id]
+                buffer = buffers[bin_id]
+                buffer += pack_frame(length, length ^ mask, checksum)
+                offset = segment.size + frame_size
+                if length >= limit:
+                    self._flush(bin_id)
+                    assert segment.writer is not None  # the segment is open
+                    segment.writer.write(view)
+                else:
+                    buffer += view
+                    if len(buffer) >= limit:
+                        self._flush(bin_id)
+                segment.size = offset + length
+                segment.records += 1
+                entries[bin_id] += pack_entry(segment_id, length, offset, checksum)
+                entry_bytes += 24
+                count += 1
+                if entry_bytes >= _ENTRY_BUDGET:
+                    self._spill_entries()
+                    entry_bytes = 0
+        finally:
+            self._commit_records = count
+            self._entry_bytes = entry_bytes
+
+    def _open_segment(self, bin_id: int) -> int:
+        if not self._dirs_made:
+            self._storage.makedirs("", DATA_DIR, INDEX_DIR)
+            self._dirs_made = True
+        part = sum(1 for s in self._segments if s.bin == bin_id)
+        name = (
+            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}"
+            f"-b{bin_id:06d}-p{part:03d}.seg"
+        )
+        segment = _OpenSegment(name, bin_id, self._storage.open_writer(name, self._durable))
+        self._segments.append(segment)
+        segment_id = len(self._segments) - 1
+        self._current[bin_id] = segment_id
+        self._buffers[bin_id] += encode_segment_header(bin_id)
+        segment.size = SEGMENT_HEADER.size
+        return segment_id
+
+    def _close_segment(self, bin_id: int) -> None:
+        self._flush(bin_id)
+        segment = self._segments[self._current[bin_id]]
+        if segment.writer is not None:
+            segment.writer.close()
+            segment.writer = None
+
+    def _flush(self, bin_id: int) -> None:
+        buffer = self._buffers[bin_id]
+        if buffer:
+            writer = self._segments[self._current[bin_id]].writer
+            assert writer is not None  # a buffered bin always has an open segment
+            writer.write(buffer)
+            buffer.clear()
+
+    def _spill_entries(self) -> None:
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryFile(prefix="splitdataloader-index-")  # noqa: SIM115 - closed at commit or abort
+        scratch = self._scratch
+        position = scratch.seek(0, os.SEEK_END)
+        for bin_id, pending in enumerate(self._entries):
+            if pending:
+                scratch.write(pending)
+                self._spills[bin_id].append((position, len(pending)))
+                position += len(pending)
+                pending.clear()
+        self._entry_bytes = 0
+
+    # ------------------------------------------------------------------ commit
+
+    def commit(self) -> int:
+        """Make every record written so far durable and visible, atomically.
+
+        Returns
+        -------
+        int
+            The number of records in the dataset after the commit.
+
+        Raises
+        ------
+        CommitConflictError
+            If another writer committed to the dataset since this writer read it; this
+            writer's uncommitted files are deleted.
+        """
+        self._check_open()
+        try:
+            manifest = self._commit()
+        except BaseException:
+            self._discard_uncommitted()
+            raise
+        return manifest.records
+
+    def _commit(self) -> Manifest:
+        storage = self._storage
+        base = self._base
+        if self._commit_records == 0 and base is not None and self._replaced is None:
+            return base
+        commit: Commit | None = None
+        if self._commit_records:
+            commit = self._finish_files()
+        commits = (base.commits if base else ()) + ((commit,) if commit else ())
+        records = sum(c.records for c in commits)
+        bins = max([self._bins] + [c.bins for c in commits])
+        manifest = Manifest(
+            dataset_id=base.dataset_id if base else secrets.token_hex(16),
+            generation=(base.generation if base else 0) + 1,
+            checksum=self._checksum_name,
+            records=records,
+            bins=bins,
+            commits=commits,
+            codecs=base.codecs if base else (),
+            extra=base.extra if base else {},
+        )
+        data = dump_manifest(manifest)
+        if commit is not None:
+            storage.sync_directories(DATA_DIR, INDEX_DIR)
+        storage.makedirs("")
+        with storage.commit_lock():
+            try:
+                current = storage.read_file(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+            except FileNotFoundError:
+                current = None
+            if current != self._base_raw:
+                raise CommitConflictError(
+                    f"another writer committed to {self.url} after this writer started; "
+                    f"this writer's {self._commit_records} uncommitted records were "
+                    f"discarded: reopen the dataset and write them again",
+                    path=storage.display(MANIFEST_NAME),
+                )
+            storage.replace_file(MANIFEST_NAME, data, self._durable)
+        self._base_raw = data
+        self._base = manifest
+        if self._replaced is not None or self._start_clean:
+            self._remove_replaced(manifest)
+        self._session_records += self._commit_records
+        self._commit_number += 1
+        self._close_scratch()
+        self._reset_commit_state()
+        return manifest
+
+    def _finish_files(self) -> Commit:
+        for bin_id in range(self._bins):
+            if self._current[bin_id] >= 0:
+                self._flush(bin_id)
+        for segment in self._segments:
+            if segment.writer is not None:
+                segment.writer.close()
+                segment.writer = None
+        index_name = f"{INDEX_DIR}/{self._session}-c{self._commit_number:04d}.idx"
+        writer = self._storage.open_writer(index_name, self._durable)
+        try:
+            writer.write(encode_index_header(self._commit_records))
+            for bin_id in range(self._bins):
+                for position, length in self._spills[bin_id]:
+                    assert self._scratch is not None  # spills imply a scratch file
+                    self._scratch.seek(position)
+                    writer.write(self._scratch.read(length))
+                if self._entries[bin_id]:
+                    writer.write(self._entries[bin_id])
+            writer.close()
+        except BaseException:
+            writer.discard()
+            raise
+        return Commit(
+            generation=(self._base.generation if self._base else 0) + 1,
+            session=self._session,
+            records=self._commit_records,
+            layout=RoundRobinLayout(self._bins, self._layout_start, self._order),
+            index=IndexRef(index_name, index_part_size(self._commit_records)),
+            segments=tuple(
+                SegmentRef(s.name, s.bin, s.size, s.records) for s in self._segments
+            ),
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+        )
+
+    def _remove_replaced(self, manifest: Manifest) -> None:
+        """After a start_clean commit: delete what the new manifest no longer references."""
+        keep = set(manifest.files())
+        storage = self._storage
+        stale = [
+            name
+            for directory in (DATA_DIR, INDEX_DIR)
+            for name in storage.list_names(directory)
+            if name not in keep
+        ]
+        if storage.exists(LEGACY_INDEX_NAME):
+            stale.append(LEGACY_INDEX_NAME)
+            stale.extend(legacy_bin_names(storage))
+        storage.remove(stale)
+        self._replaced = None
+        self._start_clean = False
+
+    # ------------------------------------------------------------------ abort
+
+    def _discard_uncommitted(self) -> None:
+        for segment in self._segments:
+            if segment.writer is not None:
+                segment.writer.discard()
+                segment.writer = None
+        self._storage.remove([s.name for s in self._segments])
+        self._storage.remove([f"{INDEX_DIR}/{self._session}-c{self._commit_number:04d}.idx"])
+        self._close_scratch()
+        self._reset_commit_state()
+
+    def _close_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+
+    def abort(self) -> None:
+        """Drop every record written since the last commit and close the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._discard_uncommitted()
+
+    def close(self) -> None:
+        """Commit pending records (if any) and close the writer."""
+        if self._closed:
+            return
+        try:
+            if self._commit_records or self._base is None or self._replaced is not None:
+                self.commit()
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> SplitWriter:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            with contextlib.suppress(SplitDataError, OSError):
+                self.abort()
+
+    def __del__(self) -> None:
+        # A writer dropped without close() must not leave half-written files behind.
+        if not getattr(self, "_closed", True) and getattr(self, "_segments", None):
+            with contextlib.suppress(Exception):
+                self.abort()
+
+
+def write_split_data(
+    target_dir: str | os.PathLike[str],
+    data_source: Iterable[Any],
+    splits: int | None = None,
+    shuffle: bool = False,
+    start_clean: bool = False,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    seed: int | None = None,
+    checksum: str = DEFAULT_CHECKSUM,
+    durable: bool = False,
+) -> int:
+    """Write a sequence of records to ``splits`` bins in one commit.
+
+    Compatible with splitdataloader 0.0.1: records go round-robin to the bins (in a
+    permuted bin order with ``shuffle``), writing into an existing dataset appends, and
+    ``start_clean`` replaces it. If ``data_source`` raises, nothing is committed and the
+    dataset keeps its previous state.
+
+    Parameters
+    ----------
+    target_dir
+        A local path or any fsspec URL.
+    data_source
+        An iterable of bytes-like records.
+    splits
+        Number of bins; ``None`` keeps the existing dataset's, or 256 for a new one.
+    shuffle, start_clean, storage_options, seed, checksum, durable
+        As for :class:`SplitWriter`.
+
+    Returns
+    -------
+    int
+        The number of records written.
+    """
+    with SplitWriter(
+        target_dir,
+        bins=splits,
+        shuffle=shuffle,
+        start_clean=start_clean,
+        storage_options=storage_options,
+        seed=seed,
+        checksum=checksum,
+        durable=durable,
+    ) as writer:
+        return writer.write_many(data_source)
