@@ -64,7 +64,7 @@ class HandleCache:
 class CommitReader:
     """Random access to the records of one commit, and its bins for iteration."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - internal constructor, called from one place
         self,
         storage: Storage,
         commit: Commit,
@@ -78,7 +78,7 @@ class CommitReader:
         self.first_record = first_record
         self.records = commit.records
         self.segments = commit.segments
-        self._hash = checksum
+        self.hash_record = checksum
         self._handles = handles
         layout = commit.layout
         self.bins = layout.bins
@@ -148,9 +148,7 @@ class CommitReader:
 
     def _truncated_index(self) -> TruncatedDataError:
         where = self.storage.display(self.commit.index.name)
-        return TruncatedDataError(
-            f"index part {where} is shorter than its commit says", path=where
-        )
+        return TruncatedDataError(f"index part {where} is shorter than its commit says", path=where)
 
     def entry(self, j: int) -> tuple[int, int, int, int]:
         """(segment, length, offset, checksum) of commit-local record ``j``."""
@@ -158,13 +156,9 @@ class CommitReader:
         e = self._slot_adjust[t] + q
         if self.local:
             mapping = self._index_map if self._index_map is not None else self._open_index()
-            values: tuple[int, int, int, int] = INDEX_ENTRY.unpack_from(
-                mapping, _HEADER + _ENTRY * e
-            )
-            return values
+            return _unpack_entry(mapping, _HEADER + _ENTRY * e)
         page, within = divmod(e, INDEX_PAGE_ENTRIES)
-        values = INDEX_ENTRY.unpack_from(self._remote_page(page), within * _ENTRY)
-        return values
+        return _unpack_entry(self._remote_page(page), within * _ENTRY)
 
     def bin_entries(self, bin_id: int) -> np.ndarray:
         """The index entries of ``bin_id`` in this commit, in written order (a copy)."""
@@ -198,8 +192,10 @@ class CommitReader:
         sizes = np.fromiter((s.size for s in self.segments), dtype=np.uint64)
         bins = np.fromiter((s.bin for s in self.segments), dtype=np.int64)
         ends = entries["offset"] + entries["length"]
-        bad = (bins[segment_ids] != bin_id) | (ends > sizes[segment_ids]) | (
-            entries["offset"] < SEGMENT_HEADER.size
+        bad = (
+            (bins[segment_ids] != bin_id)
+            | (ends > sizes[segment_ids])
+            | (entries["offset"] < SEGMENT_HEADER.size)
         )
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
@@ -227,8 +223,8 @@ class CommitReader:
             descriptor = self._open_fd(segment)
         data = _pread(descriptor, length, offset)
         if len(data) != length or offset < _MIN_OFFSET:
-            raise self._short(j, self.segments[segment].name, offset)
-        if self._hash is not None and self._hash(data) != checksum:
+            raise self.short_error(j, self.segments[segment].name, offset)
+        if self.hash_record is not None and self.hash_record(data) != checksum:
             raise self.mismatch(j, self.segments[segment].name, offset)
         return data
 
@@ -240,8 +236,8 @@ class CommitReader:
             raise self._bad_entry(j) from None
         data = self.storage.read_range(name, offset, offset + length)
         if len(data) != length or offset < _MIN_OFFSET:
-            raise self._short(j, name, offset)
-        if self._hash is not None and self._hash(data) != checksum:
+            raise self.short_error(j, name, offset)
+        if self.hash_record is not None and self.hash_record(data) != checksum:
             raise self.mismatch(j, name, offset)
         return data
 
@@ -260,11 +256,10 @@ class CommitReader:
             record=self.first_record + j,
         )
 
-    def _short(self, j: int, name: str, offset: int) -> TruncatedDataError:
+    def short_error(self, j: int, name: str, offset: int) -> TruncatedDataError:
         where = self.storage.display(name)
         return TruncatedDataError(
-            f"record {self.first_record + j}: {where} ends before the record at offset "
-            f"{offset}",
+            f"record {self.first_record + j}: {where} ends before the record at offset {offset}",
             path=where,
             record=self.first_record + j,
             offset=offset,

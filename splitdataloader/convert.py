@@ -71,9 +71,10 @@ def convert_legacy(
         dest_dir,
         bins=bins or max(1, source.num_bins),
         start_clean=start_clean,
-        storage_options=dest_storage_options if dest_storage_options is not None else storage_options,
+        storage_options=dest_storage_options
+        if dest_storage_options is not None
+        else storage_options,
     ) as writer:
         count = writer.write_many(stream())
     source.close()
     return count
-

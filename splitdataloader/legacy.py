@@ -72,8 +72,7 @@ class LegacyDataset:
             values: tuple[int, int, int] = _TRIPLET.unpack_from(self._index_map, start)
             return values
         data = self._storage.read_range(LEGACY_INDEX_NAME, start, start + _TRIPLET.size)
-        values = _TRIPLET.unpack(data)
-        return values
+        return _TRIPLET.unpack(data)
 
     def get(self, index: int) -> bytes:
         """Record ``index`` (already range-checked), exactly as 0.0.1 returns it."""
@@ -83,8 +82,7 @@ class LegacyDataset:
         where = self._storage.display(name)
         if len(data) < _SIZE.size or _SIZE.unpack_from(data)[0] != length:
             raise CorruptDataError(
-                f"record {index}: {where} has no packet of {length} bytes at offset "
-                f"{position}",
+                f"record {index}: {where} has no packet of {length} bytes at offset {position}",
                 path=where,
                 record=index,
                 offset=position,

@@ -9,9 +9,10 @@ iteration with seeded shuffling. Per-commit index and segment access lives in
 from __future__ import annotations
 
 import bisect
+import itertools
 import operator
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -101,7 +102,7 @@ class SplitDataLoader:
             self._legacy = LegacyDataset(self._storage)
             self._length = self._legacy.records
             self._bins = self._legacy.bins
-            self._read = self._legacy.get
+            self._read: Callable[[int], bytes] = self._legacy.get
             return
         manifest = parse_manifest(raw, self._storage.display(MANIFEST_NAME))
         self.manifest = manifest
@@ -290,8 +291,12 @@ class SplitDataLoader:
                 data = bytes(view[offset - run_start : offset - run_start + length])
                 j = positions[k] - reader.first_record
                 if len(data) != length:
-                    raise reader._short(j, name, offset)  # noqa: SLF001 - same package
-                if self._verify and reader._hash is not None and reader._hash(data) != checksum:  # noqa: SLF001
+                    raise reader.short_error(j, name, offset)
+                if (
+                    self._verify
+                    and reader.hash_record is not None
+                    and reader.hash_record(data) != checksum
+                ):
                     raise reader.mismatch(j, name, offset)
                 out[k] = data
         return out
@@ -338,7 +343,7 @@ class SplitDataLoader:
             segment_ids = entries["segment"]
             cuts = np.flatnonzero(segment_ids[1:] != segment_ids[:-1]) + 1
             bounds = [0, *cuts.tolist(), len(entries)]
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
+            for lo, hi in itertools.pairwise(bounds):
                 source = _SegmentSource(reader, int(segment_ids[lo]), entries[lo:hi])
                 try:
                     yield from source.chunks(bin_id, lo)
@@ -451,10 +456,14 @@ class _SegmentSource:
         return [buffer[o : o + n] for o, n in zip(offsets, lengths)]
 
     def _verify(
-        self, records: list[bytes], checksums: list[int], offsets: list[int], bin_id: int,
+        self,
+        records: list[bytes],
+        checksums: list[int],
+        offsets: list[int],
+        bin_id: int,
         positions: list[int],
     ) -> None:
-        hash_record = self.reader._hash  # noqa: SLF001 - same package
+        hash_record = self.reader.hash_record
         if hash_record is None:
             return
         if list(map(hash_record, records)) == checksums:

@@ -194,7 +194,9 @@ class Storage:
         except FileNotFoundError as err:
             raise self.missing(name) from err
 
-    def read_ranges(self, names: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+    def read_ranges(
+        self, names: Sequence[str], starts: Sequence[int], ends: Sequence[int]
+    ) -> list[bytes]:
         """Read many ranges concurrently where the filesystem allows (``cat_ranges``)."""
         paths = [self.path(name) for name in names]
         results = self.fs.cat_ranges(paths, list(starts), list(ends), on_error="return")
@@ -221,8 +223,7 @@ class Storage:
                 actual = os.fstat(handle.fileno()).st_size
                 if actual < expected_size:
                     raise TruncatedDataError(
-                        f"{self.display(name)} is {actual} bytes; its commit says "
-                        f"{expected_size}",
+                        f"{self.display(name)} is {actual} bytes; its commit says {expected_size}",
                         path=self.display(name),
                         offset=actual,
                     )
@@ -247,7 +248,7 @@ class Storage:
             return []
         prefix = base.rstrip("/") + "/"
         return sorted(
-            f"{directory}/{item[len(prefix):]}" for item in listed if item.startswith(prefix)
+            f"{directory}/{item[len(prefix) :]}" for item in listed if item.startswith(prefix)
         )
 
     # -- writes

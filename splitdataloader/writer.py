@@ -311,8 +311,7 @@ class SplitWriter:
             self._dirs_made = True
         part = sum(1 for s in self._segments if s.bin == bin_id)
         name = (
-            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}"
-            f"-b{bin_id:06d}-p{part:03d}.seg"
+            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}-b{bin_id:06d}-p{part:03d}.seg"
         )
         segment = _OpenSegment(name, bin_id, self._storage.open_writer(name, self._durable))
         self._segments.append(segment)
@@ -451,12 +450,8 @@ class SplitWriter:
             records=self._commit_records,
             layout=RoundRobinLayout(self._bins, self._layout_start, self._order),
             index=IndexRef(index_name, index_part_size(self._commit_records)),
-            segments=tuple(
-                SegmentRef(s.name, s.bin, s.size, s.records) for s in self._segments
-            ),
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"
-            ),
+            segments=tuple(SegmentRef(s.name, s.bin, s.size, s.records) for s in self._segments),
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
 
     def _remove_replaced(self, manifest: Manifest) -> None:
