@@ -18,6 +18,7 @@ than the per-bin buffer are written straight through without a copy.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import datetime
 import logging
@@ -44,6 +45,7 @@ from .format import (
     FRAME_HEADER,
     INDEX_DIR,
     INDEX_ENTRY,
+    INDEX_ENTRY_DTYPE,
     MANIFEST_NAME,
     MAX_BINS,
     MAX_MANIFEST_BYTES,
@@ -200,8 +202,13 @@ class SplitWriter:
         self._segments: list[_OpenSegment] = []
         self._current: list[int] = [-1] * bins
         self._buffers: list[bytearray] = [bytearray() for _ in range(bins)]
-        self._entries: list[bytearray] = [bytearray() for _ in range(bins)]
-        self._entry_bytes = 0
+        # Pending index entries, column-wise per bin; offsets are derived when they are
+        # turned into entries, from the lengths and where each segment starts.
+        self._lengths: list[array.array[int]] = [array.array("I") for _ in range(bins)]
+        self._checksums: list[array.array[int]] = [array.array("Q") for _ in range(bins)]
+        self._segment_starts: list[list[tuple[int, int]]] = [[] for _ in range(bins)]
+        self._cursor: list[tuple[int, int]] = [(-1, 0)] * bins
+        self._spilled_upto = 0
         self._spills: list[list[tuple[int, int]]] = [[] for _ in range(bins)]
         self._scratch: IO[bytes] | None = None
         self._commit_records = 0
@@ -252,19 +259,19 @@ class SplitWriter:
         bins = self._bins
         order = self._order
         buffers = self._buffers
-        entries = self._entries
+        lengths = self._lengths
+        checksums = self._checksums
         current = self._current
         segments = self._segments
         limit = self._buffer_limit
         max_segment = self._max_segment_bytes
         hash_record = self._hash
         pack_frame = FRAME_HEADER.pack
-        pack_entry = INDEX_ENTRY.pack
         frame_size = FRAME_HEADER.size
         mask = FRAME_CHECK_MASK
         slot = (self._session_records + self._commit_records) % bins
         count = self._commit_records
-        entry_bytes = self._entry_bytes
+        spill_at = self._spilled_upto + _ENTRY_BUDGET // INDEX_ENTRY.size
         try:
             for record in records:
                 view = record if type(record) is bytes else as_byte_view(record, count)
@@ -284,7 +291,6 @@ class SplitWriter:
                     segment = segments[segment_id]
                 buffer = buffers[bin_id]
                 buffer += pack_frame(length, length ^ mask, checksum)
-                offset = segment.size + frame_size
                 if length >= limit:
                     self._flush(bin_id)
                     assert segment.writer is not None  # the segment is open
@@ -293,17 +299,17 @@ class SplitWriter:
                     buffer += view
                     if len(buffer) >= limit:
                         self._flush(bin_id)
-                segment.size = offset + length
+                segment.size += frame_size + length
                 segment.records += 1
-                entries[bin_id] += pack_entry(segment_id, length, offset, checksum)
-                entry_bytes += 24
+                lengths[bin_id].append(length)
+                checksums[bin_id].append(checksum)
                 count += 1
-                if entry_bytes >= _ENTRY_BUDGET:
+                if count >= spill_at:
                     self._spill_entries()
-                    entry_bytes = 0
+                    self._spilled_upto = count
+                    spill_at = count + _ENTRY_BUDGET // INDEX_ENTRY.size
         finally:
             self._commit_records = count
-            self._entry_bytes = entry_bytes
 
     def _open_segment(self, bin_id: int) -> int:
         if not self._dirs_made:
@@ -311,12 +317,14 @@ class SplitWriter:
             self._dirs_made = True
         part = sum(1 for s in self._segments if s.bin == bin_id)
         name = (
-            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}-b{bin_id:06d}-p{part:03d}.seg"
+            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}"
+            f"-b{bin_id:06d}-p{part:03d}.seg"
         )
         segment = _OpenSegment(name, bin_id, self._storage.open_writer(name, self._durable))
         self._segments.append(segment)
         segment_id = len(self._segments) - 1
         self._current[bin_id] = segment_id
+        self._segment_starts[bin_id].append((len(self._lengths[bin_id]), segment_id))
         self._buffers[bin_id] += encode_segment_header(bin_id)
         segment.size = SEGMENT_HEADER.size
         return segment_id
@@ -336,18 +344,48 @@ class SplitWriter:
             writer.write(buffer)
             buffer.clear()
 
+    def _take_entries(self, bin_id: int) -> bytes:
+        """Turn a bin's pending lengths and checksums into index entries, and clear them."""
+        lengths = np.frombuffer(self._lengths[bin_id], dtype=np.uint32)
+        count = len(lengths)
+        if count == 0:
+            return b""
+        entries = np.empty(count, dtype=INDEX_ENTRY_DTYPE)
+        entries["length"] = lengths
+        entries["checksum"] = np.frombuffer(self._checksums[bin_id], dtype=np.uint64)
+        frame_ends = np.cumsum(lengths + np.uint64(FRAME_HEADER.size), dtype=np.uint64)
+        segment_id, first_frame = self._cursor[bin_id]
+        starts = self._segment_starts[bin_id]
+        runs = [(0, segment_id, first_frame)] if not starts or starts[0][0] > 0 else []
+        runs += [(position, new_id, SEGMENT_HEADER.size) for position, new_id in starts]
+        next_frame = first_frame
+        for k, (lo, run_segment, run_first) in enumerate(runs):
+            hi = runs[k + 1][0] if k + 1 < len(runs) else count
+            before = frame_ends[lo - 1] if lo else np.uint64(0)
+            frame_starts = frame_ends[lo:hi] - lengths[lo:hi] - np.uint64(FRAME_HEADER.size)
+            entries["offset"][lo:hi] = (
+                frame_starts - before + np.uint64(run_first + FRAME_HEADER.size)
+            )
+            entries["segment"][lo:hi] = run_segment
+            segment_id = run_segment
+            next_frame = run_first + int(frame_ends[hi - 1] - before)
+        self._cursor[bin_id] = (segment_id, next_frame)
+        self._segment_starts[bin_id] = []
+        self._lengths[bin_id] = array.array("I")
+        self._checksums[bin_id] = array.array("Q")
+        return entries.tobytes()
+
     def _spill_entries(self) -> None:
         if self._scratch is None:
             self._scratch = tempfile.TemporaryFile(prefix="splitdataloader-index-")  # noqa: SIM115 - closed at commit or abort
         scratch = self._scratch
         position = scratch.seek(0, os.SEEK_END)
-        for bin_id, pending in enumerate(self._entries):
+        for bin_id in range(self._bins):
+            pending = self._take_entries(bin_id)
             if pending:
                 scratch.write(pending)
                 self._spills[bin_id].append((position, len(pending)))
                 position += len(pending)
-                pending.clear()
-        self._entry_bytes = 0
 
     # ------------------------------------------------------------------ commit
 
@@ -438,8 +476,9 @@ class SplitWriter:
                     assert self._scratch is not None  # spills imply a scratch file
                     self._scratch.seek(position)
                     writer.write(self._scratch.read(length))
-                if self._entries[bin_id]:
-                    writer.write(self._entries[bin_id])
+                pending = self._take_entries(bin_id)
+                if pending:
+                    writer.write(pending)
             writer.close()
         except BaseException:
             writer.discard()
