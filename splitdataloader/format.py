@@ -142,6 +142,17 @@ class Manifest:
         return names
 
 
+def require_supported_codecs(manifest: Manifest, path: str) -> None:
+    """Refuse a dataset whose codec chain this release cannot apply."""
+    if manifest.codecs:
+        names = ", ".join(str(codec.get("id", "?")) for codec in manifest.codecs)
+        raise UnsupportedFormatError(
+            f"{path} stores its records through the codecs [{names}], which this release "
+            f"does not provide: upgrade splitdataloader",
+            path=path,
+        )
+
+
 def index_part_size(records: int) -> int:
     """Bytes of an index part holding ``records`` entries."""
     return INDEX_HEADER.size + INDEX_ENTRY.size * records

@@ -34,6 +34,7 @@ from .format import (
     SEGMENT_MAGIC,
     Manifest,
     parse_manifest,
+    require_supported_codecs,
 )
 from .legacy import LEGACY_INDEX_NAME, LegacyDataset
 from .storage import Storage, open_storage
@@ -105,6 +106,7 @@ class SplitDataLoader:
             self._read: Callable[[int], bytes] = self._legacy.get
             return
         manifest = parse_manifest(raw, self._storage.display(MANIFEST_NAME))
+        require_supported_codecs(manifest, self._storage.spec.url)
         self.manifest = manifest
         self._length = manifest.records
         self._bins = manifest.bins

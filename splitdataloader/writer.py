@@ -60,6 +60,7 @@ from .format import (
     encode_segment_header,
     index_part_size,
     parse_manifest,
+    require_supported_codecs,
 )
 from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
 from .records import as_byte_view
@@ -164,6 +165,8 @@ class SplitWriter:
                 path=self._storage.spec.url,
             )
         self._base: Manifest | None = None if start_clean else base
+        if self._base is not None:
+            require_supported_codecs(self._base, self._storage.spec.url)
         self._replaced: Manifest | None = base if start_clean else None
         if self._base is not None:
             checksum = self._base.checksum
