@@ -108,11 +108,14 @@ def _rebuild_worker_error(
 class MpQItr(Generic[T]):
     """Iterate over ``itr_func(*args, **kwargs)`` run in a separate process.
 
-    Each ``iter()`` (each ``for`` loop) starts a new daemon worker process that calls the
-    generator function and sends every item it yields to this process; the worker runs up to
-    about :attr:`qsize` items ahead of the consumer. Items and the function with its arguments
-    must pickle; under the ``spawn`` and ``forkserver`` start methods the function must also
-    be importable by name (defined at the top level of a module).
+    Iterating starts a *pass*: a daemon worker process that calls the generator function and
+    sends each item it yields to this process, running up to about :attr:`qsize` items ahead
+    of the consumer. While a pass is under way, ``iter()`` returns the iterator as it is, so a
+    loop after a ``break`` goes on where the last one stopped, as with a generator; once a
+    pass has ended, the next ``iter()`` (the next ``for`` loop) starts a fresh one. Items and
+    the function with its arguments must pickle; under the ``spawn`` and ``forkserver`` start
+    methods the function must also be importable by name (defined at the top level of a
+    module).
 
     Parameters
     ----------
@@ -142,10 +145,11 @@ class MpQItr(Generic[T]):
     "spawn"``). A change takes effect at the next ``iter()``.
 
     The worker ends, and the pipe is closed, when the items run out, when the generator
-    raises, on :meth:`close`, when a ``with`` block ends, when a new pass starts, and when the
-    iterator is garbage collected (e.g. after ``break`` out of ``for x in MpQItr(...)``). After
-    the end of a pass, ``next()`` keeps raising :class:`StopIteration` until the next
-    ``iter()``. An instance is not meant to be shared between threads.
+    raises, on :meth:`close`, when a ``with`` block ends, and when the iterator is garbage
+    collected (e.g. after ``break`` out of ``for x in MpQItr(...)``). After the end of a pass,
+    ``next()`` keeps raising :class:`StopIteration` until the next ``iter()``; to start over
+    before the end, call :meth:`close` and iterate again. An instance is not meant to be
+    shared between threads.
 
     Raises
     ------

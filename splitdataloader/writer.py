@@ -320,8 +320,7 @@ class SplitWriter:
             self._dirs_made = True
         part = sum(1 for s in self._segments if s.bin == bin_id)
         name = (
-            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}"
-            f"-b{bin_id:06d}-p{part:03d}.seg"
+            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}-b{bin_id:06d}-p{part:03d}.seg"
         )
         segment = _OpenSegment(name, bin_id, self._storage.open_writer(name, self._durable))
         self._segments.append(segment)

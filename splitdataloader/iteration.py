@@ -1,0 +1,229 @@
+"""Bin-wise iteration over version-2 commits: reading segments in bulk, in chunks.
+
+Owns how a bin's records are fetched while iterating: the bin's index entries are read
+as one contiguous range per commit, each segment is read in large requests (one per
+segment on object stores), and records are handed out as lists of verified ``bytes`` (a
+chunk at a time), so the per-record work is one slice and one hash. It does not decide
+the order of bins or the seed; :class:`~splitdataloader.loader.SplitDataLoader` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .commits import CommitReader
+from .errors import CorruptDataError, TruncatedDataError
+from .format import SEGMENT_MAGIC
+
+#: Records averaging at least this size are read record by record with ``pread`` on
+#: local disk: one copy into the returned bytes instead of a bulk read plus a copy.
+LARGE_RECORD = 64 * 1024
+#: Largest bulk read while iterating a local segment in order, and the most record bytes
+#: materialised at once.
+WINDOW_BYTES = 8 << 20
+#: Most records materialised at once.
+WINDOW_RECORDS = 8192
+#: Local segments up to this size are read whole for shuffled iteration; larger ones are
+#: memory-mapped so that memory stays bounded.
+WHOLE_READ_LIMIT = 64 << 20
+
+
+def bin_in_order(readers: Sequence[CommitReader], bin_id: int) -> Iterator[list[bytes]]:
+    """Chunks of the records of ``bin_id`` in written order, commit after commit."""
+    for reader in readers:
+        entries = reader.bin_entries(bin_id)
+        if entries.size == 0:
+            continue
+        segment_ids = entries["segment"]
+        cuts = np.flatnonzero(segment_ids[1:] != segment_ids[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(entries)]
+        for lo, hi in itertools.pairwise(bounds):
+            source = SegmentSource(reader, int(segment_ids[lo]), entries[lo:hi], sequential=True)
+            try:
+                yield from source.chunks(bin_id, lo)
+            finally:
+                source.close()
+
+
+def bin_shuffled(
+    readers: Sequence[CommitReader], bin_id: int, rng: np.random.Generator
+) -> Iterator[list[bytes]]:
+    """Chunks of the records of ``bin_id`` in an order drawn from ``rng``."""
+    sources: list[SegmentSource] = []
+    owners: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
+    try:
+        for reader in readers:
+            entries = reader.bin_entries(bin_id)
+            if entries.size == 0:
+                continue
+            segment_ids = entries["segment"]
+            for segment in np.unique(segment_ids).tolist():
+                where = np.flatnonzero(segment_ids == segment)
+                sources.append(SegmentSource(reader, segment, entries[where], sequential=False))
+                owners.append(np.full(len(where), len(sources) - 1, dtype=np.int64))
+                positions.append(where)
+        if not sources:
+            return
+        order = rng.permutation(sum(len(o) for o in owners))
+        owner = np.concatenate(owners)[order]
+        within = np.concatenate([np.arange(len(o)) for o in owners])[order]
+        position = np.concatenate(positions)[order]
+        step = _window_records(np.concatenate([s.entries["length"] for s in sources]))
+        for lo in range(0, len(order), step):
+            hi = lo + step
+            yield _gather(sources, owner[lo:hi], within[lo:hi], bin_id, position[lo:hi])
+    finally:
+        for source in sources:
+            source.close()
+
+
+def _gather(
+    sources: list[SegmentSource],
+    owner: np.ndarray,
+    within: np.ndarray,
+    bin_id: int,
+    position: np.ndarray,
+) -> list[bytes]:
+    if len(sources) == 1:
+        return sources[0].take(within, bin_id, position)
+    out: list[bytes] = [b""] * len(owner)
+    for source_id in np.unique(owner).tolist():
+        picked = np.flatnonzero(owner == source_id)
+        records = sources[source_id].take(within[picked], bin_id, position[picked])
+        for k, record in zip(picked.tolist(), records):
+            out[k] = record
+    return out
+
+
+def _window_records(lengths: np.ndarray) -> int:
+    if not lengths.size:
+        return 1
+    average = max(1, int(lengths.mean()))
+    return max(1, min(WINDOW_RECORDS, WINDOW_BYTES // average))
+
+
+class SegmentSource:
+    """One segment opened for iteration.
+
+    Four ways to read, chosen once per segment: large records one ``pread`` each (local);
+    in-order windows of many small records one ``pread`` each (local); the whole segment
+    read once (shuffled local segments up to :data:`WHOLE_READ_LIMIT`, and every segment
+    on other filesystems, in one request); or a read-only memory map (larger shuffled
+    local segments).
+    """
+
+    def __init__(
+        self, reader: CommitReader, segment: int, entries: np.ndarray, *, sequential: bool
+    ) -> None:
+        self.reader = reader
+        self.entries = entries
+        ref = reader.segments[segment]
+        self.name = ref.name
+        storage = reader.storage
+        self._buffer: Any = None
+        self._fd = -1
+        self._windowed = False
+        if storage.is_local:
+            large = bool(entries.size) and int(entries["length"].mean()) >= LARGE_RECORD
+            if large or sequential or ref.size <= WHOLE_READ_LIMIT:
+                self._fd = storage.open_fd(ref.name)
+                actual = os.fstat(self._fd).st_size
+                if actual < ref.size:
+                    self.close()
+                    raise self._truncated(actual)
+                if large:
+                    return
+                if sequential:
+                    self._windowed = True
+                    return
+                self._buffer = os.pread(self._fd, ref.size, 0)
+                os.close(self._fd)
+                self._fd = -1
+            else:
+                self._buffer = storage.map_file(ref.name, ref.size)
+        else:
+            self._buffer = storage.read_range(ref.name, 0, ref.size)
+        if len(self._buffer) < ref.size:
+            actual = len(self._buffer)
+            self.close()
+            raise self._truncated(actual)
+        if self._buffer[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
+            self.close()
+            where = storage.display(ref.name)
+            raise CorruptDataError(f"{where} is not a version-2 segment", path=where)
+
+    def _truncated(self, actual: int) -> TruncatedDataError:
+        where = self.reader.storage.display(self.name)
+        return TruncatedDataError(
+            f"{where} is {actual} bytes, shorter than its commit says", path=where, offset=actual
+        )
+
+    def _slices(self, part: np.ndarray) -> list[bytes]:
+        offsets = part["offset"]
+        lengths = part["length"].tolist()
+        if self._windowed:
+            start = int(offsets[0])
+            end = int(offsets[-1]) + lengths[-1]
+            window = os.pread(self._fd, end - start, start)
+            if len(window) != end - start:
+                raise self._truncated(start + len(window))
+            relative = offsets - np.uint64(start)
+            ends = (relative + part["length"]).tolist()
+            return [window[o:e] for o, e in zip(relative.tolist(), ends)]
+        if self._fd >= 0:
+            descriptor = self._fd
+            starts = offsets.tolist()
+            records = [os.pread(descriptor, n, o) for o, n in zip(starts, lengths)]
+            for record, length, offset in zip(records, lengths, starts):
+                if len(record) != length:
+                    raise self._truncated(offset)
+            return records
+        buffer = self._buffer
+        return [buffer[o : o + n] for o, n in zip(offsets.tolist(), lengths)]
+
+    def _verify(
+        self, records: list[bytes], part: np.ndarray, bin_id: int, positions: Sequence[int]
+    ) -> None:
+        hash_record = self.reader.hash_record
+        checksums = part["checksum"].tolist()
+        if hash_record is None or list(map(hash_record, records)) == checksums:
+            return
+        offsets = part["offset"].tolist()
+        for record, checksum, offset, position in zip(records, checksums, offsets, positions):
+            if hash_record(record) != checksum:
+                reader = self.reader
+                raise reader.mismatch(reader.record_of_entry(bin_id, position), self.name, offset)
+
+    def chunks(self, bin_id: int, first_position: int) -> Iterator[list[bytes]]:
+        """The segment's records in written order, a verified chunk at a time."""
+        entries = self.entries
+        step = _window_records(entries["length"])
+        for lo in range(0, len(entries), step):
+            part = entries[lo : lo + step]
+            records = self._slices(part)
+            positions = range(first_position + lo, first_position + lo + len(part))
+            self._verify(records, part, bin_id, positions)
+            yield records
+
+    def take(self, within: np.ndarray, bin_id: int, positions: np.ndarray) -> list[bytes]:
+        """The records at ``within`` (indices into this source's entries), verified."""
+        if self._windowed:
+            raise AssertionError("take() needs a source opened with sequential=False")
+        part = self.entries[within]
+        records = self._slices(part)
+        self._verify(records, part, bin_id, positions.tolist())
+        return records
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._buffer is not None and hasattr(self._buffer, "close"):
+            self._buffer.close()
+        self._buffer = None
