@@ -99,6 +99,7 @@ class CommitReader:
         self._pages: OrderedDict[int, bytes] = OrderedDict()
         self._page_capacity = index_cache_pages
         self.local = storage.is_local
+        self.min_offset = _MIN_OFFSET
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -218,7 +219,7 @@ class CommitReader:
         try:
             descriptor = self._fds[segment]
         except IndexError:
-            raise self._bad_entry(j) from None
+            raise self.bad_entry(j) from None
         if descriptor < 0:
             descriptor = self._open_fd(segment)
         data = _pread(descriptor, length, offset)
@@ -233,7 +234,7 @@ class CommitReader:
         try:
             name = self.segments[segment].name
         except IndexError:
-            raise self._bad_entry(j) from None
+            raise self.bad_entry(j) from None
         data = self.storage.read_range(name, offset, offset + length)
         if len(data) != length or offset < _MIN_OFFSET:
             raise self.short_error(j, name, offset)
@@ -241,13 +242,22 @@ class CommitReader:
             raise self.mismatch(j, name, offset)
         return data
 
+    def read_span(self, segment: int, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a segment (local: through the cached descriptor)."""
+        if not self.local:
+            return self.storage.read_range(self.segments[segment].name, start, end)
+        descriptor = self._fds[segment]
+        if descriptor < 0:
+            descriptor = self._open_fd(segment)
+        return _pread(descriptor, end - start, start)
+
     def _open_fd(self, segment: int) -> int:
         descriptor = self.storage.open_fd(self.segments[segment].name)
         self._fds[segment] = descriptor
         self._handles.opened(self, segment)
         return descriptor
 
-    def _bad_entry(self, j: int) -> CorruptDataError:
+    def bad_entry(self, j: int) -> CorruptDataError:
         where = self.storage.display(self.commit.index.name)
         return CorruptDataError(
             f"record {self.first_record + j}: index part {where} names a segment this "

@@ -12,16 +12,16 @@ import bisect
 import itertools
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from .batch import read_batch
 from .checksums import checksum_function
 from .commits import CommitReader, HandleCache
 from .errors import (
-    CorruptDataError,
     DatasetNotFoundError,
     UncommittedDatasetError,
 )
@@ -39,9 +39,6 @@ from .legacy import LEGACY_INDEX_NAME, LegacyDataset
 from .storage import Storage, open_storage
 
 __all__ = ["SplitDataLoader"]
-
-#: Gap below which neighbouring ranges of one segment are fetched in one request.
-COALESCE_GAP = 256 * 1024
 
 
 def _reopen(url: str, options: dict[str, Any]) -> SplitDataLoader:
@@ -210,7 +207,7 @@ class SplitDataLoader:
             return self._read(index)
         if type(index) is not int:
             if isinstance(index, slice):
-                return [self._read(i) for i in range(*index.indices(self._length))]
+                return self.get_many(range(*index.indices(self._length)))
             try:
                 index = operator.index(index)
             except TypeError:
@@ -238,69 +235,18 @@ class SplitDataLoader:
     def get_many(self, indices: Iterable[int]) -> list[bytes]:
         """The records at ``indices``, in the order asked (repeats allowed).
 
-        Records of one segment are fetched together: on remote filesystems nearby ranges
-        are coalesced into one request and all requests are issued concurrently.
+        Records of one segment are fetched together: neighbouring byte ranges are merged
+        into one read, and on remote filesystems all reads are issued concurrently.
+
+        Raises
+        ------
+        IndexError
+            If an index is out of range.
         """
         positions = [self._locate(i) for i in indices]
-        if self._legacy is not None or self._storage.is_local:
-            read = self._read
-            return [read(p) for p in positions]
-        return self._get_many_remote(positions)
-
-    def _get_many_remote(self, positions: Sequence[int]) -> list[bytes]:
-        wanted: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
-        for k, position in enumerate(positions):
-            reader_id = bisect.bisect_right(self._starts, position) - 1
-            reader = self._readers[reader_id]
-            j = position - reader.first_record
-            segment, length, offset, checksum = reader.entry(j)
-            if segment >= len(reader.segments):
-                raise CorruptDataError(
-                    f"record {position}: its index entry names a missing segment",
-                    record=position,
-                )
-            wanted.setdefault((reader_id, segment), []).append((offset, length, checksum, k))
-        names: list[str] = []
-        starts: list[int] = []
-        ends: list[int] = []
-        groups: list[tuple[int, int, int, list[tuple[int, int, int, int]]]] = []
-        for (reader_id, segment), items in wanted.items():
-            items.sort()
-            name = self._readers[reader_id].segments[segment].name
-            run: list[tuple[int, int, int, int]] = []
-            run_start = run_end = -1
-            for item in [*items, None]:
-                if item is not None and run and item[0] <= run_end + COALESCE_GAP:
-                    run.append(item)
-                    run_end = max(run_end, item[0] + item[1])
-                    continue
-                if run:
-                    names.append(name)
-                    starts.append(run_start)
-                    ends.append(run_end)
-                    groups.append((reader_id, segment, run_start, run))
-                if item is not None:
-                    run = [item]
-                    run_start, run_end = item[0], item[0] + item[1]
-        blobs = self._storage.read_ranges(names, starts, ends)
-        out: list[bytes] = [b""] * len(positions)
-        for (reader_id, segment, run_start, run), blob in zip(groups, blobs):
-            reader = self._readers[reader_id]
-            name = reader.segments[segment].name
-            view = memoryview(blob)
-            for offset, length, checksum, k in run:
-                data = bytes(view[offset - run_start : offset - run_start + length])
-                j = positions[k] - reader.first_record
-                if len(data) != length:
-                    raise reader.short_error(j, name, offset)
-                if (
-                    self._verify
-                    and reader.hash_record is not None
-                    and reader.hash_record(data) != checksum
-                ):
-                    raise reader.mismatch(j, name, offset)
-                out[k] = data
-        return out
+        if self._legacy is not None:
+            return [self._legacy.get(p) for p in positions]
+        return read_batch(self._storage, self._readers, self._starts, positions)
 
     def __iter__(self) -> Iterator[bytes]:
         """Every record in index order."""
