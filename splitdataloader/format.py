@@ -177,6 +177,55 @@ def check_index_header(data: bytes, records: int, path: str) -> None:
         )
 
 
+def bin_index_entries(
+    lengths: np.ndarray,
+    checksums: np.ndarray,
+    cursor: tuple[int, int],
+    segment_starts: list[tuple[int, int]],
+) -> tuple[bytes, tuple[int, int]]:
+    """Index entries for consecutive records of one bin, from their lengths and checksums.
+
+    Frames lie back to back, so offsets follow from the lengths once it is known where
+    each segment starts.
+
+    Parameters
+    ----------
+    lengths, checksums
+        Stored length and checksum of each record, in written order.
+    cursor
+        ``(segment, offset of the next frame)`` where the first record goes, unless a new
+        segment starts at it.
+    segment_starts
+        ``(position, segment)`` pairs: record ``position`` (into ``lengths``) is the first
+        frame of ``segment``, which starts right after its header.
+
+    Returns
+    -------
+    tuple
+        The packed entries, and the cursor after the last record.
+    """
+    count = len(lengths)
+    if count == 0:
+        return b"", cursor
+    entries = np.empty(count, dtype=INDEX_ENTRY_DTYPE)
+    entries["length"] = lengths
+    entries["checksum"] = checksums
+    frame = np.uint64(FRAME_HEADER.size)
+    frame_ends = np.cumsum(lengths + frame, dtype=np.uint64)
+    segment_id, next_frame = cursor
+    runs = [(0, segment_id, next_frame)] if not segment_starts or segment_starts[0][0] else []
+    runs += [(position, new_id, SEGMENT_HEADER.size) for position, new_id in segment_starts]
+    for k, (lo, run_segment, run_first) in enumerate(runs):
+        hi = runs[k + 1][0] if k + 1 < len(runs) else count
+        before = frame_ends[lo - 1] if lo else np.uint64(0)
+        frame_starts = frame_ends[lo:hi] - lengths[lo:hi] - frame
+        entries["offset"][lo:hi] = frame_starts - before + np.uint64(run_first) + frame
+        entries["segment"][lo:hi] = run_segment
+        segment_id = run_segment
+        next_frame = run_first + int(frame_ends[hi - 1] - before)
+    return entries.tobytes(), (segment_id, next_frame)
+
+
 def encode_segment_header(bin_id: int) -> bytes:
     return SEGMENT_HEADER.pack(SEGMENT_MAGIC, bin_id, 0)
 

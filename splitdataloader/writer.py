@@ -45,7 +45,6 @@ from .format import (
     FRAME_HEADER,
     INDEX_DIR,
     INDEX_ENTRY,
-    INDEX_ENTRY_DTYPE,
     MANIFEST_NAME,
     MAX_BINS,
     MAX_MANIFEST_BYTES,
@@ -55,6 +54,7 @@ from .format import (
     Manifest,
     RoundRobinLayout,
     SegmentRef,
+    bin_index_entries,
     dump_manifest,
     encode_index_header,
     encode_segment_header,
@@ -348,34 +348,16 @@ class SplitWriter:
 
     def _take_entries(self, bin_id: int) -> bytes:
         """Turn a bin's pending lengths and checksums into index entries, and clear them."""
-        lengths = np.frombuffer(self._lengths[bin_id], dtype=np.uint32)
-        count = len(lengths)
-        if count == 0:
-            return b""
-        entries = np.empty(count, dtype=INDEX_ENTRY_DTYPE)
-        entries["length"] = lengths
-        entries["checksum"] = np.frombuffer(self._checksums[bin_id], dtype=np.uint64)
-        frame_ends = np.cumsum(lengths + np.uint64(FRAME_HEADER.size), dtype=np.uint64)
-        segment_id, first_frame = self._cursor[bin_id]
-        starts = self._segment_starts[bin_id]
-        runs = [(0, segment_id, first_frame)] if not starts or starts[0][0] > 0 else []
-        runs += [(position, new_id, SEGMENT_HEADER.size) for position, new_id in starts]
-        next_frame = first_frame
-        for k, (lo, run_segment, run_first) in enumerate(runs):
-            hi = runs[k + 1][0] if k + 1 < len(runs) else count
-            before = frame_ends[lo - 1] if lo else np.uint64(0)
-            frame_starts = frame_ends[lo:hi] - lengths[lo:hi] - np.uint64(FRAME_HEADER.size)
-            entries["offset"][lo:hi] = (
-                frame_starts - before + np.uint64(run_first + FRAME_HEADER.size)
-            )
-            entries["segment"][lo:hi] = run_segment
-            segment_id = run_segment
-            next_frame = run_first + int(frame_ends[hi - 1] - before)
-        self._cursor[bin_id] = (segment_id, next_frame)
+        entries, self._cursor[bin_id] = bin_index_entries(
+            np.frombuffer(self._lengths[bin_id], dtype=np.uint32),
+            np.frombuffer(self._checksums[bin_id], dtype=np.uint64),
+            self._cursor[bin_id],
+            self._segment_starts[bin_id],
+        )
         self._segment_starts[bin_id] = []
         self._lengths[bin_id] = array.array("I")
         self._checksums[bin_id] = array.array("Q")
-        return entries.tobytes()
+        return entries
 
     def _spill_entries(self) -> None:
         if self._scratch is None:
