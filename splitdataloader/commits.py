@@ -23,6 +23,7 @@ from .format import (
     INDEX_ENTRY_DTYPE,
     INDEX_HEADER,
     SEGMENT_HEADER,
+    SEGMENT_MAGIC,
     Commit,
     check_index_header,
 )
@@ -40,6 +41,11 @@ _HEADER = INDEX_HEADER.size
 _MIN_OFFSET = SEGMENT_HEADER.size
 _unpack_entry = INDEX_ENTRY.unpack_from
 _pread = os.pread
+
+
+def not_a_segment(where: str) -> CorruptDataError:
+    """The error for a file whose header is not a version-2 segment's."""
+    return CorruptDataError(f"{where} does not start with a version-2 segment header", path=where)
 
 
 class HandleCache:
@@ -252,7 +258,11 @@ class CommitReader:
         return _pread(descriptor, end - start, start)
 
     def _open_fd(self, segment: int) -> int:
-        descriptor = self.storage.open_fd(self.segments[segment].name)
+        name = self.segments[segment].name
+        descriptor = self.storage.open_fd(name)
+        if _pread(descriptor, len(SEGMENT_MAGIC), 0) != SEGMENT_MAGIC:
+            os.close(descriptor)
+            raise not_a_segment(self.storage.display(name))
         self._fds[segment] = descriptor
         self._handles.opened(self, segment)
         return descriptor

@@ -17,7 +17,9 @@ Each class also inherits the built-in exception that callers would naturally cat
     ├── RecordTooLargeError             (ValueError) a record does not fit the format
     ├── CommitConflictError             (RuntimeError) another writer committed first
     ├── ReadOnlyDatasetError            (PermissionError) e.g. a 0.0.1 dataset
-    └── WriterClosedError               (RuntimeError) the writer was committed or aborted
+    ├── WriterClosedError               (RuntimeError) the writer was committed or aborted
+    └── WorkerError                     (ChildProcessError) a prefetch worker failed
+        └── WorkerDiedError             the worker process ended early (killed, crashed)
 
 All exceptions pickle with their attributes, so they cross process boundaries intact.
 """
@@ -41,6 +43,8 @@ __all__ = [
     "UncommittedDatasetError",
     "UnsafeDatasetError",
     "UnsupportedFormatError",
+    "WorkerDiedError",
+    "WorkerError",
     "WriterClosedError",
 ]
 
@@ -149,3 +153,60 @@ class ReadOnlyDatasetError(SplitDataError, PermissionError):
 
 class WriterClosedError(SplitDataError, RuntimeError):
     """The writer was already committed and closed, or aborted."""
+
+
+class WorkerError(SplitDataError, ChildProcessError):
+    """A prefetch worker process failed: its generator raised, or the process ended early.
+
+    When the generator raised an exception that pickles, the consumer gets that exception
+    itself, with a ``WorkerError`` as its ``__cause__`` carrying the worker's traceback; when
+    it does not pickle (or is not an :class:`Exception`, e.g. ``SystemExit``), the consumer
+    gets the ``WorkerError``.
+
+    Parameters
+    ----------
+    message
+        The human-readable explanation.
+    pid
+        The worker's process id.
+    exitcode
+        The worker's exit code when it is known: negative for the signal that ended it.
+    traceback
+        The worker's formatted traceback, when its generator raised.
+    exc_type
+        The qualified name of the exception the generator raised, when it raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        traceback: str | None = None,
+        exc_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.traceback = traceback
+        self.exc_type = exc_type
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {
+            "pid": self.pid,
+            "exitcode": self.exitcode,
+            "traceback": self.traceback,
+            "exc_type": self.exc_type,
+        }
+        return (_rebuild_worker_error, (type(self), self.message, state))
+
+
+class WorkerDiedError(WorkerError):
+    """The worker process ended before the end of its items, e.g. killed by a signal."""
+
+
+def _rebuild_worker_error(
+    cls: type[WorkerError], message: str, state: dict[str, Any]
+) -> WorkerError:
+    return cls(message, **state)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .commits import CommitReader
-from .errors import CorruptDataError, TruncatedDataError
+from .commits import CommitReader, not_a_segment
+from .errors import TruncatedDataError
 from .format import SEGMENT_MAGIC
 
 #: Records averaging at least this size are read record by record with ``pread`` on
@@ -137,6 +137,9 @@ class SegmentSource:
                 if actual < ref.size:
                     self.close()
                     raise self._truncated(actual)
+                if os.pread(self._fd, len(SEGMENT_MAGIC), 0) != SEGMENT_MAGIC:
+                    self.close()
+                    raise not_a_segment(storage.display(ref.name))
                 if large:
                     return
                 if sequential:
@@ -155,8 +158,7 @@ class SegmentSource:
             raise self._truncated(actual)
         if self._buffer[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
             self.close()
-            where = storage.display(ref.name)
-            raise CorruptDataError(f"{where} is not a version-2 segment", path=where)
+            raise not_a_segment(storage.display(ref.name))
 
     def _truncated(self, actual: int) -> TruncatedDataError:
         where = self.reader.storage.display(self.name)

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import select
 import signal
 import threading
 import weakref
@@ -27,14 +28,17 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import wait
 from multiprocessing.reduction import ForkingPickler
 from traceback import format_exception
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
-from splitdataloader.errors import SplitDataError
+from splitdataloader.errors import WorkerDiedError, WorkerError
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.context import BaseContext
     from types import FrameType
+    from typing import TypeAlias
+
+    _Call: TypeAlias = tuple[Callable[..., Iterable[Any]], tuple[Any, ...], dict[str, Any]]
 
 __all__ = ["MpQItr", "WorkerDiedError", "WorkerError"]
 
@@ -46,63 +50,6 @@ _SelfT = TypeVar("_SelfT", bound="MpQItr[Any]")
 
 # How often a blocked worker checks that its consumer is still there (seconds).
 _WORKER_CHECK_INTERVAL = 0.5
-
-
-class WorkerError(SplitDataError, ChildProcessError):
-    """A prefetch worker process failed: its generator raised, or the process ended early.
-
-    When the generator raised an exception that pickles, the consumer gets that exception
-    itself, with a ``WorkerError`` as its ``__cause__`` carrying the worker's traceback; when
-    it does not pickle (or is not an :class:`Exception`, e.g. ``SystemExit``), the consumer
-    gets the ``WorkerError``.
-
-    Parameters
-    ----------
-    message
-        The human-readable explanation.
-    pid
-        The worker's process id.
-    exitcode
-        The worker's exit code when it is known: negative for the signal that ended it.
-    traceback
-        The worker's formatted traceback, when its generator raised.
-    exc_type
-        The qualified name of the exception the generator raised, when it raised.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        pid: int | None = None,
-        exitcode: int | None = None,
-        traceback: str | None = None,
-        exc_type: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.pid = pid
-        self.exitcode = exitcode
-        self.traceback = traceback
-        self.exc_type = exc_type
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        state = {
-            "pid": self.pid,
-            "exitcode": self.exitcode,
-            "traceback": self.traceback,
-            "exc_type": self.exc_type,
-        }
-        return (_rebuild_worker_error, (type(self), self.message, state))
-
-
-class WorkerDiedError(WorkerError):
-    """The worker process ended before the end of its items, e.g. killed by a signal."""
-
-
-def _rebuild_worker_error(
-    cls: type[WorkerError], message: str, state: dict[str, Any]
-) -> WorkerError:
-    return cls(message, **state)
 
 
 class MpQItr(Generic[T]):
@@ -128,8 +75,8 @@ class MpQItr(Generic[T]):
     Attributes
     ----------
     qsize : int
-        How many items the worker prepares ahead of the consumer, at least 1 (default 16; the
-        operating system's pipe buffer may hold a little more).
+        How many items the worker prepares ahead of the consumer, at least 1 (default 16),
+        plus whatever fits in the operating system's pipe buffer (64 KiB on Linux).
     start_method : str or None
         ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` (the default) uses the current
         default context of :mod:`multiprocessing`.
@@ -265,7 +212,7 @@ class MpQItr(Generic[T]):
             run.finished = True
             self.close()
             raise message.to_exception(run.pid, run.label)
-        return message  # type: ignore[no-any-return]
+        return cast("T", message)
 
     def close(self) -> None:
         """Stop the worker of the current pass, if any, wait for it to exit and close the pipe.
@@ -418,7 +365,7 @@ class _Run:
         self._conn = reader
         self._process = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main,
-            args=(reader, writer, _Job(itr_func, args, kwargs, qsize)),
+            args=(reader, writer, qsize, _Job((itr_func, args, kwargs))),
             name=f"MpQItr-{self.label}",
             daemon=True,
         )
@@ -431,6 +378,15 @@ class _Run:
             # Only the worker may hold the write end: then its death reads as end-of-file.
             writer.close()
         self.pid: int | None = self._process.pid
+        # Waiting on the pipe and on the worker's exit together shows a dead worker at once,
+        # even if another process still holds the write end. One poll object made here costs
+        # far less per item than connection.wait(), which builds a selector on every call.
+        self._fd = reader.fileno()
+        self._poller: select.poll | None = None
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(self._fd, select.POLLIN)
+            self._poller.register(self._process.sentinel, select.POLLIN)
         self._owner_pid = os.getpid()
         logger.debug("started prefetch worker %s (pid %s)", self.label, self.pid)
 
@@ -443,7 +399,12 @@ class _Run:
             When the worker ended without sending its last message.
         """
         conn = self._conn
-        if not conn.poll():
+        if self._poller is not None:
+            # Blocks until there is data or end-of-file, or the worker has exited; a worker
+            # that wrote and then exited has its data ready in the same call.
+            if not any(fd == self._fd for fd, _ in self._poller.poll()):
+                raise self._died()
+        elif not conn.poll():
             wait([conn, self._process.sentinel])
             if not conn.poll():
                 raise self._died()
@@ -468,7 +429,7 @@ class _Run:
             how = f"exited with exit code {code}"
         hint = ""
         if code is not None and -code == getattr(signal, "SIGKILL", None):
-            hint = " (the out-of-memory killer sends SIGKILL)"
+            hint = "; SIGKILL often comes from the out-of-memory killer"
         return WorkerDiedError(
             f"prefetch worker process {self.pid} running {self.label} {how} "
             f"before the end of its items{hint}",
@@ -521,18 +482,33 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _StopRequested
 
 
-class _Job(NamedTuple):
-    """What a worker runs, sent to it as one argument."""
+class _Job:
+    """The generator function and its arguments, on their way to a worker.
 
-    itr_func: Callable[..., Iterable[Any]]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    qsize: int
+    Under ``spawn`` and ``forkserver`` they are pickled into bytes while :mod:`multiprocessing`
+    pickles the worker's ``Process`` (so objects that may only cross at process start, such as
+    locks, still can) and rebuilt by :meth:`load` inside the worker's error handling: a
+    function or argument that cannot be rebuilt there (a module the worker cannot import, a
+    dataset it cannot reopen) then reaches the consumer as an exception with the worker's
+    traceback, not as an exit code. Under ``fork`` nothing is pickled.
+    """
+
+    def __init__(self, call: _Call | None, pickled: bytes | None = None) -> None:
+        self._call = call
+        self._pickled = pickled
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Job, (None, bytes(_dumps(self._call))))
+
+    def load(self) -> _Call:
+        if self._call is not None:
+            return self._call
+        call: _Call = pickle.loads(self._pickled or b"")
+        return call
 
 
-def _worker_main(reader: Connection, writer: Connection, job: _Job) -> None:
+def _worker_main(reader: Connection, writer: Connection, qsize: int, job: _Job) -> None:
     """Run in the worker process: iterate, pickle each item, and queue it for the sender."""
-    itr_func, args, kwargs, qsize = job
     # Holding a read end here would keep the pipe open after the consumer has gone.
     reader.close()
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -543,6 +519,7 @@ def _worker_main(reader: Connection, writer: Connection, job: _Job) -> None:
     sender.start()
     try:
         try:
+            itr_func, args, kwargs = job.load()
             for index, item in enumerate(itr_func(*args, **kwargs)):
                 try:
                     data = _dumps(item)

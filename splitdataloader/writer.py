@@ -48,6 +48,7 @@ from .format import (
     MANIFEST_NAME,
     MAX_BINS,
     MAX_MANIFEST_BYTES,
+    MAX_RECORD_BYTES,
     SEGMENT_HEADER,
     Commit,
     IndexRef,
@@ -279,6 +280,8 @@ class SplitWriter:
             for record in records:
                 view = record if type(record) is bytes else as_byte_view(record, count)
                 length = len(view)
+                if length > MAX_RECORD_BYTES:
+                    as_byte_view(record, count)  # raises RecordTooLargeError
                 bin_id = slot if order is None else order[slot]
                 slot += 1
                 if slot == bins:
