@@ -101,6 +101,7 @@ class CommitReader:
         self._slot_byte = [_HEADER + _ENTRY * adjust for adjust in self._slot_adjust]
         self._fds: list[int] = [-1] * len(self.segments)
         self._index_map: mmap.mmap | None = None
+        self._reader: Callable[[int], bytes] | None = None
         self._index_checked = False
         self._pages: OrderedDict[int, bytes] = OrderedDict()
         self._page_capacity = index_cache_pages
@@ -112,6 +113,7 @@ class CommitReader:
     def close(self) -> None:
         for segment in range(len(self.segments)):
             self.release(segment)
+        self._reader = None
         if self._index_map is not None:
             self._index_map.close()
             self._index_map = None
@@ -215,25 +217,51 @@ class CommitReader:
 
     def read(self, j: int) -> bytes:
         """The verified stored bytes of commit-local record ``j``."""
+        read = self._reader if self._reader is not None else self.record_reader()
+        return read(j)
+
+    def record_reader(self) -> Callable[[int], bytes]:
+        """A function ``j -> bytes`` specialised for this commit: the hot path of ``loader[i]``.
+
+        Everything it needs is bound as closure variables, so a look-up costs a few local
+        loads, one ``unpack_from`` on the mapped index and one ``pread``. It stays valid
+        until :meth:`close`.
+        """
+        if self._reader is not None:
+            return self._reader
         if not self.local:
-            return self._read_remote(j)
-        q, t = divmod(j + self._shift, self.bins)
-        mapping = self._index_map
-        if mapping is None:
-            mapping = self._open_index()
-        segment, length, offset, checksum = _unpack_entry(mapping, self._slot_byte[t] + _ENTRY * q)
-        try:
-            descriptor = self._fds[segment]
-        except IndexError:
-            raise self.bad_entry(j) from None
-        if descriptor < 0:
-            descriptor = self._open_fd(segment)
-        data = _pread(descriptor, length, offset)
-        if len(data) != length or offset < _MIN_OFFSET:
-            raise self.short_error(j, self.segments[segment].name, offset)
-        if self.hash_record is not None and self.hash_record(data) != checksum:
-            raise self.mismatch(j, self.segments[segment].name, offset)
-        return data
+            self._reader = self._read_remote
+            return self._reader
+        mapping = self._index_map if self._index_map is not None else self._open_index()
+        shift = self._shift
+        bins = self.bins
+        slot_byte = self._slot_byte
+        descriptors = self._fds
+        hash_record = self.hash_record
+        open_descriptor = self._open_fd
+        unpack = _unpack_entry
+        pread = _pread
+        minimum = _MIN_OFFSET
+
+        def read_local(j: int) -> bytes:
+            q, t = divmod(j + shift, bins)
+            # 24 = INDEX_ENTRY.size, fixed by the format.
+            segment, length, offset, checksum = unpack(mapping, slot_byte[t] + 24 * q)
+            try:
+                descriptor = descriptors[segment]
+            except IndexError:
+                raise self.bad_entry(j) from None
+            if descriptor < 0:
+                descriptor = open_descriptor(segment)
+            data = pread(descriptor, length, offset)
+            if len(data) != length or offset < minimum:
+                raise self.short_error(j, self.segments[segment].name, offset)
+            if hash_record is not None and hash_record(data) != checksum:
+                raise self.mismatch(j, self.segments[segment].name, offset)
+            return data
+
+        self._reader = read_local
+        return read_local
 
     def _read_remote(self, j: int) -> bytes:
         segment, length, offset, checksum = self.entry(j)

@@ -115,7 +115,7 @@ class SplitDataLoader:
             self._readers.append(reader)
             self._starts.append(first)
             first += commit.records
-        self._read = self._readers[0].read if len(self._readers) == 1 else self._read_any
+        self._read = self._first_read if len(self._readers) == 1 else self._read_any
 
     def _read_manifest(self) -> bytes | None:
         storage = self._storage
@@ -171,6 +171,8 @@ class SplitDataLoader:
         self._handles.clear()
         for reader in self._readers:
             reader.close()
+        if len(self._readers) == 1:
+            self._read = self._first_read
         if self._legacy is not None:
             self._legacy.close()
 
@@ -219,6 +221,11 @@ class SplitDataLoader:
         if position < 0 or position >= length:
             raise IndexError(f"record index {index} is out of range for {length} records")
         return self._read(position)
+
+    def _first_read(self, index: int) -> bytes:
+        # One commit: bind its specialised reader so later look-ups skip every indirection.
+        self._read = self._readers[0].record_reader()
+        return self._read(index)
 
     def _read_any(self, index: int) -> bytes:
         reader = self._readers[bisect.bisect_right(self._starts, index) - 1]
