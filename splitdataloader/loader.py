@@ -48,7 +48,9 @@ def _reopen(url: str, options: dict[str, Any]) -> SplitDataLoader:
 class SplitDataLoader:
     """Random access and bin-wise iteration over a dataset.
 
-    Opening reads the manifest only: nothing proportional to the number of records.
+    Opening reads the manifest only: nothing proportional to the number of records. A
+    loader reads the commit that was current when it opened (a snapshot): records appended
+    later appear in a loader opened later.
 
     Parameters
     ----------

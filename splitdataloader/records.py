@@ -12,7 +12,7 @@ from .errors import RecordTooLargeError, RecordTypeError
 from .format import MAX_RECORD_BYTES
 
 
-def as_byte_view(record: Any, position: int) -> bytes | memoryview:
+def as_byte_view(record: Any, position: int, item: int) -> bytes | memoryview:
     """Return ``record`` as ``bytes`` or a flat unsigned-byte ``memoryview``.
 
     Parameters
@@ -20,7 +20,9 @@ def as_byte_view(record: Any, position: int) -> bytes | memoryview:
     record
         The record as given by the user.
     position
-        Its position in the user's input, for the error message.
+        The global index the record would get, for the error message.
+    item
+        Its position in the input since the last commit, for the error message.
 
     Raises
     ------
@@ -34,7 +36,7 @@ def as_byte_view(record: Any, position: int) -> bytes | memoryview:
     else:
         if isinstance(record, str):
             raise RecordTypeError(
-                f"record {position} is a str; encode it first (for example "
+                f"record {position} (input item {item}) is a str; encode it first (for example "
                 f"record.encode('utf-8')): records must be bytes-like",
                 record=position,
             )
@@ -42,13 +44,13 @@ def as_byte_view(record: Any, position: int) -> bytes | memoryview:
             flat = memoryview(record)
         except TypeError as err:
             raise RecordTypeError(
-                f"record {position} is a {type(record).__name__}, not a bytes-like object "
+                f"record {position} (input item {item}) has type {type(record).__name__}, not a bytes-like object "
                 f"(bytes, bytearray, memoryview, numpy array)",
                 record=position,
             ) from err
         if not flat.c_contiguous:
             raise RecordTypeError(
-                f"record {position} is a non-contiguous {type(record).__name__}; "
+                f"record {position} (input item {item}) is a non-contiguous {type(record).__name__}; "
                 f"make a contiguous copy first (for example numpy.ascontiguousarray)",
                 record=position,
             )
@@ -57,7 +59,7 @@ def as_byte_view(record: Any, position: int) -> bytes | memoryview:
         view = flat
     if len(view) > MAX_RECORD_BYTES:
         raise RecordTooLargeError(
-            f"record {position} holds {len(view)} bytes; the format allows at most "
+            f"record {position} (input item {item}) holds {len(view)} bytes; the format allows at most "
             f"{MAX_RECORD_BYTES}",
             record=position,
         )

@@ -173,7 +173,10 @@ class SplitWriter:
             checksum = self._base.checksum
         self._checksum_name = checksum
         self._hash = checksum_function(checksum)
-        self._bins = bins if bins is not None else (self._base.bins if self._base else DEFAULT_BINS)
+        if bins is None:
+            # A replaced dataset keeps its bin count unless told otherwise.
+            bins = base.bins if base is not None else DEFAULT_BINS
+        self._bins = bins
         order: tuple[int, ...] | None = None
         if shuffle:
             rng = np.random.default_rng(seed)
@@ -275,13 +278,16 @@ class SplitWriter:
         mask = FRAME_CHECK_MASK
         slot = (self._session_records + self._commit_records) % bins
         count = self._commit_records
+        first = self._base.records if self._base is not None else 0
         spill_at = self._spilled_upto + _ENTRY_BUDGET // INDEX_ENTRY.size
         try:
             for record in records:
-                view = record if type(record) is bytes else as_byte_view(record, count)
+                view = (
+                    record if type(record) is bytes else as_byte_view(record, first + count, count)
+                )
                 length = len(view)
                 if length > MAX_RECORD_BYTES:
-                    as_byte_view(record, count)  # raises RecordTooLargeError
+                    as_byte_view(record, first + count, count)  # raises RecordTooLargeError
                 bin_id = slot if order is None else order[slot]
                 slot += 1
                 if slot == bins:
@@ -408,7 +414,7 @@ class SplitWriter:
             commit = self._finish_files()
         commits = (base.commits if base else ()) + ((commit,) if commit else ())
         records = sum(c.records for c in commits)
-        bins = max([self._bins] + [c.bins for c in commits])
+        bins = max([self._bins, base.bins if base else 1] + [c.bins for c in commits])
         manifest = Manifest(
             dataset_id=base.dataset_id if base else secrets.token_hex(16),
             generation=(base.generation if base else 0) + 1,

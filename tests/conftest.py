@@ -1,0 +1,128 @@
+"""Shared fixtures: the storage backends every storage test runs on, and global-state resets.
+
+``BACKENDS`` is the one list of storage locations; a test that asks for ``dataset_url``
+runs once per entry. Adding a backend (for example ``s3``) means adding a name to the
+list and a branch to ``_backend_root``.
+
+Hypothesis profiles: ``ci`` (the default) keeps the run short; ``dev`` explores more.
+Choose one with the environment variable ``HYPOTHESIS_PROFILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from fsspec.spec import AbstractFileSystem
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    max_examples=300,
+    deadline=None,
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # When a property test fails, hypothesis's pytest plugin imports libcst to suggest an
+    # @example patch; libcst 1.0 subclasses the deprecated mypy_extensions.TypedDict, and
+    # with filterwarnings=error that warning turned every hypothesis failure into an
+    # INTERNALERROR that stopped the whole run.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning",
+    )
+
+
+#: Every storage backend the suite runs on, in the order tests are parametrized.
+BACKENDS = ["local", "memory"]
+
+
+def _all_filesystem_classes() -> Iterator[type[AbstractFileSystem]]:
+    pending: list[type[AbstractFileSystem]] = [AbstractFileSystem]
+    seen: set[type[AbstractFileSystem]] = set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        yield cls
+        pending.extend(cls.__subclasses__())
+
+
+def clear_fsspec_state() -> None:
+    """Empty fsspec's in-memory filesystem and every cached filesystem instance."""
+    MemoryFileSystem.store.clear()
+    MemoryFileSystem.pseudo_dirs.clear()
+    MemoryFileSystem.pseudo_dirs.append("")
+    for cls in _all_filesystem_classes():
+        if "_cache" in vars(cls):
+            cls.clear_instance_cache()
+
+
+@pytest.fixture(autouse=True)
+def _reset_fsspec() -> Iterator[None]:
+    clear_fsspec_state()
+    yield
+    clear_fsspec_state()
+
+
+def _backend_root(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if backend == "local":
+        return str(tmp_path_factory.mktemp("dataset"))
+    if backend == "memory":
+        return f"memory://t-{uuid.uuid4().hex}"
+    raise ValueError(f"unknown storage backend {backend!r}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the storage backend this test runs on."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def dataset_root(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh, empty location on the current backend, unique to this test."""
+    return _backend_root(backend, tmp_path_factory)
+
+
+@pytest.fixture
+def dataset_url(dataset_root: str) -> str:
+    """The URL of a dataset that does not exist yet, on the current backend."""
+    return f"{dataset_root}/ds"
+
+
+@pytest.fixture
+def fresh_url(dataset_root: str) -> Callable[[], str]:
+    """A factory of URLs of distinct, not yet existing datasets on the current backend.
+
+    Property-based tests call it once per example, so that every example starts empty
+    while the fixture itself is set up once per test.
+    """
+
+    def make() -> str:
+        return f"{dataset_root}/ds-{uuid.uuid4().hex}"
+
+    return make
+
+
+@pytest.fixture
+def filesystem(dataset_root: str) -> AbstractFileSystem:
+    """The fsspec filesystem holding ``dataset_root``, for tests that tamper with files."""
+    fs, _ = fsspec.core.url_to_fs(dataset_root)
+    return fs
