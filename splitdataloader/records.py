@@ -44,14 +44,15 @@ def as_byte_view(record: Any, position: int, item: int) -> bytes | memoryview:
             flat = memoryview(record)
         except TypeError as err:
             raise RecordTypeError(
-                f"record {position} (input item {item}) has type {type(record).__name__}, not a bytes-like object "
-                f"(bytes, bytearray, memoryview, numpy array)",
+                f"record {position} (input item {item}) has type {type(record).__name__}, "
+                f"not a bytes-like object (bytes, bytearray, memoryview, numpy array)",
                 record=position,
             ) from err
         if not flat.c_contiguous:
             raise RecordTypeError(
-                f"record {position} (input item {item}) is a non-contiguous {type(record).__name__}; "
-                f"make a contiguous copy first (for example numpy.ascontiguousarray)",
+                f"record {position} (input item {item}) is a non-contiguous "
+                f"{type(record).__name__}; make a contiguous copy first (for example "
+                f"numpy.ascontiguousarray)",
                 record=position,
             )
         if flat.ndim != 1 or flat.format != "B":
@@ -59,8 +60,8 @@ def as_byte_view(record: Any, position: int, item: int) -> bytes | memoryview:
         view = flat
     if len(view) > MAX_RECORD_BYTES:
         raise RecordTooLargeError(
-            f"record {position} (input item {item}) holds {len(view)} bytes; the format allows at most "
-            f"{MAX_RECORD_BYTES}",
+            f"record {position} (input item {item}) holds {len(view)} bytes; the format "
+            f"allows at most {MAX_RECORD_BYTES}",
             record=position,
         )
     return view
