@@ -23,11 +23,14 @@ from .format import SEGMENT_MAGIC
 #: Records averaging at least this size are read record by record with ``pread`` on
 #: local disk: one copy into the returned bytes instead of a bulk read plus a copy.
 LARGE_RECORD = 64 * 1024
-#: Largest bulk read while iterating a local segment in order, and the most record bytes
-#: materialised at once.
+#: Largest bulk read while iterating a local segment in order.
 WINDOW_BYTES = 8 << 20
+#: Most record bytes materialised at once (a chunk); larger records come one per chunk.
+#: Small chunks matter for large records: every record is a fresh allocation, and keeping
+#: many of them alive makes the allocator return memory to the OS and fault it back in.
+CHUNK_BYTES = 1 << 20
 #: Most records materialised at once.
-WINDOW_RECORDS = 8192
+CHUNK_RECORDS = 1024
 #: Local segments up to this size are read whole for shuffled iteration; larger ones are
 #: memory-mapped so that memory stays bounded.
 WHOLE_READ_LIMIT = 64 << 20
@@ -74,7 +77,7 @@ def bin_shuffled(
         owner = np.concatenate(owners)[order]
         within = np.concatenate([np.arange(len(o)) for o in owners])[order]
         position = np.concatenate(positions)[order]
-        step = _window_records(np.concatenate([s.entries["length"] for s in sources]))
+        step = _chunk_records(np.concatenate([s.entries["length"] for s in sources]))
         for lo in range(0, len(order), step):
             hi = lo + step
             yield _gather(sources, owner[lo:hi], within[lo:hi], bin_id, position[lo:hi])
@@ -101,11 +104,11 @@ def _gather(
     return out
 
 
-def _window_records(lengths: np.ndarray) -> int:
+def _chunk_records(lengths: np.ndarray) -> int:
     if not lengths.size:
         return 1
     average = max(1, int(lengths.mean()))
-    return max(1, min(WINDOW_RECORDS, WINDOW_BYTES // average))
+    return max(1, min(CHUNK_RECORDS, CHUNK_BYTES // average))
 
 
 class SegmentSource:
@@ -169,15 +172,6 @@ class SegmentSource:
     def _slices(self, part: np.ndarray) -> list[bytes]:
         offsets = part["offset"]
         lengths = part["length"].tolist()
-        if self._windowed:
-            start = int(offsets[0])
-            end = int(offsets[-1]) + lengths[-1]
-            window = os.pread(self._fd, end - start, start)
-            if len(window) != end - start:
-                raise self._truncated(start + len(window))
-            relative = offsets - np.uint64(start)
-            ends = (relative + part["length"]).tolist()
-            return [window[o:e] for o, e in zip(relative.tolist(), ends)]
         if self._fd >= 0:
             descriptor = self._fd
             starts = offsets.tolist()
@@ -188,6 +182,21 @@ class SegmentSource:
             return records
         buffer = self._buffer
         return [buffer[o : o + n] for o, n in zip(offsets.tolist(), lengths)]
+
+    def _read_window(self, part: np.ndarray) -> tuple[bytes, int]:
+        """One ``pread`` covering every record of ``part``; returns it and its offset."""
+        start = int(part["offset"][0])
+        end = int(part["offset"][-1]) + int(part["length"][-1])
+        window = os.pread(self._fd, end - start, start)
+        if len(window) != end - start:
+            raise self._truncated(start + len(window))
+        return window, start
+
+    @staticmethod
+    def _window_slices(window: bytes, start: int, part: np.ndarray) -> list[bytes]:
+        relative = part["offset"] - np.uint64(start)
+        ends = (relative + part["length"]).tolist()
+        return [window[o:e] for o, e in zip(relative.tolist(), ends)]
 
     def _verify(
         self, records: list[bytes], part: np.ndarray, bin_id: int, positions: Sequence[int]
@@ -205,13 +214,25 @@ class SegmentSource:
     def chunks(self, bin_id: int, first_position: int) -> Iterator[list[bytes]]:
         """The segment's records in written order, a verified chunk at a time."""
         entries = self.entries
-        step = _window_records(entries["length"])
-        for lo in range(0, len(entries), step):
-            part = entries[lo : lo + step]
-            records = self._slices(part)
-            positions = range(first_position + lo, first_position + lo + len(part))
-            self._verify(records, part, bin_id, positions)
-            yield records
+        step = _chunk_records(entries["length"])
+        if not self._windowed:
+            for lo in range(0, len(entries), step):
+                part = entries[lo : lo + step]
+                records = self._slices(part)
+                positions = range(first_position + lo, first_position + lo + len(part))
+                self._verify(records, part, bin_id, positions)
+                yield records
+            return
+        per_window = max(step, WINDOW_BYTES // max(1, int(entries["length"].mean())))
+        per_window -= per_window % step
+        for window_lo in range(0, len(entries), per_window):
+            window, start = self._read_window(entries[window_lo : window_lo + per_window])
+            for lo in range(window_lo, min(window_lo + per_window, len(entries)), step):
+                part = entries[lo : lo + step]
+                records = self._window_slices(window, start, part)
+                positions = range(first_position + lo, first_position + lo + len(part))
+                self._verify(records, part, bin_id, positions)
+                yield records
 
     def take(self, within: np.ndarray, bin_id: int, positions: np.ndarray) -> list[bytes]:
         """The records at ``within`` (indices into this source's entries), verified."""
