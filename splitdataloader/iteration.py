@@ -26,9 +26,10 @@ LARGE_RECORD = 64 * 1024
 #: Largest bulk read while iterating a local segment in order.
 WINDOW_BYTES = 8 << 20
 #: Most record bytes materialised at once (a chunk); larger records come one per chunk.
-#: Small chunks matter for large records: every record is a fresh allocation, and keeping
-#: many of them alive makes the allocator return memory to the OS and fault it back in.
-CHUNK_BYTES = 1 << 20
+#: Small chunks matter: every record is a fresh allocation, and when a chunk is freed the
+#: C allocator hands memory above its trim threshold (128 KiB by default) back to the OS,
+#: so the next chunk would fault every page in again.
+CHUNK_BYTES = 64 << 10
 #: Most records materialised at once.
 CHUNK_RECORDS = 1024
 #: Local segments up to this size are read whole for shuffled iteration; larger ones are
@@ -215,6 +216,9 @@ class SegmentSource:
         """The segment's records in written order, a verified chunk at a time."""
         entries = self.entries
         step = _chunk_records(entries["length"])
+        if step == 1 and self._fd >= 0:
+            yield from self._large_records(bin_id, first_position)
+            return
         if not self._windowed:
             for lo in range(0, len(entries), step):
                 part = entries[lo : lo + step]
@@ -233,6 +237,26 @@ class SegmentSource:
                 positions = range(first_position + lo, first_position + lo + len(part))
                 self._verify(records, part, bin_id, positions)
                 yield records
+
+    def _large_records(self, bin_id: int, first_position: int) -> Iterator[list[bytes]]:
+        # Records of a chunk's size or more, one pread each: the per-record bookkeeping
+        # stays in plain Python lists, built once per segment.
+        entries = self.entries
+        offsets = entries["offset"].tolist()
+        lengths = entries["length"].tolist()
+        checksums = entries["checksum"].tolist()
+        hash_record = self.reader.hash_record
+        descriptor = self._fd
+        for position, (offset, length, checksum) in enumerate(zip(offsets, lengths, checksums)):
+            record = os.pread(descriptor, length, offset)
+            if len(record) != length:
+                raise self._truncated(offset)
+            if hash_record is not None and hash_record(record) != checksum:
+                reader = self.reader
+                raise reader.mismatch(
+                    reader.record_of_entry(bin_id, first_position + position), self.name, offset
+                )
+            yield [record]
 
     def take(self, within: np.ndarray, bin_id: int, positions: np.ndarray) -> list[bytes]:
         """The records at ``within`` (indices into this source's entries), verified."""
