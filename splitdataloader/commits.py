@@ -169,6 +169,23 @@ class CommitReader:
         page, within = divmod(e, INDEX_PAGE_ENTRIES)
         return _unpack_entry(self._remote_page(page), within * _ENTRY)
 
+    def entries_at(self, records: np.ndarray) -> np.ndarray:
+        """Index entries of many commit-local records at once (a structured array)."""
+        q, t = np.divmod(records + self._shift, self.bins)
+        numbers = np.asarray(self._slot_adjust, dtype=np.int64)[t] + q
+        if self.local:
+            mapping = self._index_map if self._index_map is not None else self._open_index()
+            table = np.frombuffer(mapping, INDEX_ENTRY_DTYPE, count=self.records, offset=_HEADER)
+            result: np.ndarray = table[numbers]
+            return result
+        pages, within = np.divmod(numbers, INDEX_PAGE_ENTRIES)
+        out = np.empty(len(numbers), dtype=INDEX_ENTRY_DTYPE)
+        for page in np.unique(pages).tolist():
+            picked = pages == page
+            chunk = np.frombuffer(self._remote_page(page), INDEX_ENTRY_DTYPE)
+            out[picked] = chunk[within[picked]]
+        return out
+
     def bin_entries(self, bin_id: int) -> np.ndarray:
         """The index entries of ``bin_id`` in this commit, in written order (a copy)."""
         if bin_id >= self.bins:

@@ -233,6 +233,35 @@ class SplitDataLoader:
         reader = self._readers[bisect.bisect_right(self._starts, index) - 1]
         return reader.read(index - reader.first_record)
 
+    def _positions(self, indices: Iterable[int]) -> np.ndarray:
+        """Validated, non-negative positions for ``indices`` (any iterable of integers)."""
+        if isinstance(indices, range):
+            wanted = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+        else:
+            listed = indices if isinstance(indices, (list, tuple, np.ndarray)) else list(indices)
+            try:
+                wanted = np.asarray(listed)
+            except (ValueError, OverflowError) as err:
+                raise TypeError(f"indices must be integers: {err}") from None
+            if wanted.size == 0:
+                return np.empty(0, dtype=np.int64)
+            if wanted.ndim != 1 or wanted.dtype.kind not in "iu":
+                if wanted.dtype == object:
+                    # Python integers beyond 64 bits, or mixed types: check one by one.
+                    return np.asarray([self._locate(i) for i in listed], dtype=np.int64)
+                raise TypeError(f"dataset indices must be integers, not {wanted.dtype} values")
+            if wanted.dtype.kind == "u" and wanted.size and int(wanted.max()) >= 1 << 63:
+                raise IndexError("record index out of range")
+            wanted = wanted.astype(np.int64, copy=False)
+        wanted = np.where(wanted < 0, wanted + self._length, wanted)
+        bad = np.flatnonzero((wanted < 0) | (wanted >= self._length))
+        if bad.size:
+            original = int(wanted[bad[0]])
+            if original < 0:
+                original -= self._length
+            raise IndexError(f"record index {original} is out of range for {self._length} records")
+        return wanted
+
     def _locate(self, index: Any) -> int:
         position = operator.index(index)
         if position < 0:
@@ -252,9 +281,9 @@ class SplitDataLoader:
         IndexError
             If an index is out of range.
         """
-        positions = [self._locate(i) for i in indices]
+        positions = self._positions(indices)
         if self._legacy is not None:
-            return [self._legacy.get(p) for p in positions]
+            return [self._legacy.get(p) for p in positions.tolist()]
         return read_batch(self._storage, self._readers, self._starts, positions)
 
     def __iter__(self) -> Iterator[bytes]:
