@@ -79,6 +79,9 @@ def bin_shuffled(
         within = np.concatenate([np.arange(len(o)) for o in owners])[order]
         position = np.concatenate(positions)[order]
         step = _chunk_records(np.concatenate([s.entries["length"] for s in sources]))
+        if len(sources) == 1 and sources[0].buffered:
+            yield from sources[0].permuted_chunks(within, bin_id, position, step)
+            return
         for lo in range(0, len(order), step):
             hi = lo + step
             yield _gather(sources, owner[lo:hi], within[lo:hi], bin_id, position[lo:hi])
@@ -164,6 +167,11 @@ class SegmentSource:
             self.close()
             raise not_a_segment(storage.display(ref.name))
 
+    @property
+    def buffered(self) -> bool:
+        """True when the whole segment is in memory (or mapped)."""
+        return self._buffer is not None
+
     def _truncated(self, actual: int) -> TruncatedDataError:
         where = self.reader.storage.display(self.name)
         return TruncatedDataError(
@@ -193,25 +201,6 @@ class SegmentSource:
             raise self._truncated(start + len(window))
         return window, start
 
-    @staticmethod
-    def _window_slices(window: bytes, start: int, part: np.ndarray) -> list[bytes]:
-        relative = part["offset"] - np.uint64(start)
-        ends = (relative + part["length"]).tolist()
-        return [window[o:e] for o, e in zip(relative.tolist(), ends)]
-
-    def _verify(
-        self, records: list[bytes], part: np.ndarray, bin_id: int, positions: Sequence[int]
-    ) -> None:
-        hash_record = self.reader.hash_record
-        checksums = part["checksum"].tolist()
-        if hash_record is None or list(map(hash_record, records)) == checksums:
-            return
-        offsets = part["offset"].tolist()
-        for record, checksum, offset, position in zip(records, checksums, offsets, positions):
-            if hash_record(record) != checksum:
-                reader = self.reader
-                raise reader.mismatch(reader.record_of_entry(bin_id, position), self.name, offset)
-
     def chunks(self, bin_id: int, first_position: int) -> Iterator[list[bytes]]:
         """The segment's records in written order, a verified chunk at a time."""
         entries = self.entries
@@ -224,19 +213,61 @@ class SegmentSource:
                 part = entries[lo : lo + step]
                 records = self._slices(part)
                 positions = range(first_position + lo, first_position + lo + len(part))
-                self._verify(records, part, bin_id, positions)
+                offsets = part["offset"].tolist()
+                self._check(records, part["checksum"].tolist(), bin_id, positions, offsets)
                 yield records
             return
         per_window = max(step, WINDOW_BYTES // max(1, int(entries["length"].mean())))
         per_window -= per_window % step
         for window_lo in range(0, len(entries), per_window):
-            window, start = self._read_window(entries[window_lo : window_lo + per_window])
-            for lo in range(window_lo, min(window_lo + per_window, len(entries)), step):
-                part = entries[lo : lo + step]
-                records = self._window_slices(window, start, part)
-                positions = range(first_position + lo, first_position + lo + len(part))
-                self._verify(records, part, bin_id, positions)
+            part = entries[window_lo : window_lo + per_window]
+            window, start = self._read_window(part)
+            relative = part["offset"] - np.uint64(start)
+            starts = relative.tolist()
+            ends = (relative + part["length"]).tolist()
+            checksums = part["checksum"].tolist()
+            for lo in range(0, len(starts), step):
+                hi = lo + step
+                records = [window[a:b] for a, b in zip(starts[lo:hi], ends[lo:hi])]
+                first = first_position + window_lo + lo
+                positions = range(first, first + len(records))
+                offsets = [start + a for a in starts[lo:hi]]
+                self._check(records, checksums[lo:hi], bin_id, positions, offsets)
                 yield records
+
+    def permuted_chunks(
+        self, within: np.ndarray, bin_id: int, positions: np.ndarray, step: int
+    ) -> Iterator[list[bytes]]:
+        """The records at ``within`` in that order, a verified chunk at a time (buffered)."""
+        part = self.entries[within]
+        starts = part["offset"].tolist()
+        ends = (part["offset"] + part["length"]).tolist()
+        checksums = part["checksum"].tolist()
+        position_list = positions.tolist()
+        buffer = self._buffer
+        for lo in range(0, len(starts), step):
+            hi = lo + step
+            records = [buffer[a:b] for a, b in zip(starts[lo:hi], ends[lo:hi])]
+            self._check(records, checksums[lo:hi], bin_id, position_list[lo:hi], starts[lo:hi])
+            yield records
+
+    def _check(
+        self,
+        records: list[bytes],
+        checksums: list[int],
+        bin_id: int,
+        positions: Sequence[int],
+        offsets: Sequence[int],
+    ) -> None:
+        """Verify a chunk; on a mismatch, name the record, the file and the offset."""
+        hash_record = self.reader.hash_record
+        if hash_record is None or list(map(hash_record, records)) == checksums:
+            return
+        for k, (record, checksum) in enumerate(zip(records, checksums)):
+            if hash_record(record) != checksum:
+                reader = self.reader
+                record_number = reader.record_of_entry(bin_id, positions[k])
+                raise reader.mismatch(record_number, self.name, offsets[k])
 
     def _large_records(self, bin_id: int, first_position: int) -> Iterator[list[bytes]]:
         # Records of a chunk's size or more, one pread each: the per-record bookkeeping
@@ -264,7 +295,8 @@ class SegmentSource:
             raise AssertionError("take() needs a source opened with sequential=False")
         part = self.entries[within]
         records = self._slices(part)
-        self._verify(records, part, bin_id, positions.tolist())
+        offsets = part["offset"].tolist()
+        self._check(records, part["checksum"].tolist(), bin_id, positions.tolist(), offsets)
         return records
 
     def close(self) -> None:
