@@ -12,7 +12,14 @@ Each class also inherits the built-in exception that callers would naturally cat
     ├── CorruptDataError                (OSError) stored bytes are damaged or missing
     │   ├── MissingDataFileError        (FileNotFoundError) a committed file is gone
     │   ├── TruncatedDataError          a file is shorter than its commit says
-    │   └── ChecksumMismatchError       a record's bytes do not match its checksum
+    │   ├── ChecksumMismatchError       a record's bytes do not match its checksum
+    │   └── DecodeError                 a codec cannot decode a record (corrupt, tampered)
+    │       └── DecryptionError         authentication failed: wrong key or altered record
+    ├── PluginError                     (RuntimeError) the plugin system is misused
+    │   ├── PluginConflictError         two plugins claim one name (names both)
+    │   └── MissingPluginError          (ImportError) no plugin, or its dependency is missing
+    ├── CodecConfigError                (ValueError) an invalid codec option or chain
+    ├── KeyUnavailableError             (PermissionError) no key for a key id
     ├── RecordTypeError                 (TypeError) a record is not a contiguous bytes-like
     ├── RecordTooLargeError             (ValueError) a record does not fit the format
     ├── CommitConflictError             (RuntimeError) another writer committed first
@@ -30,11 +37,18 @@ from typing import Any
 
 __all__ = [
     "ChecksumMismatchError",
+    "CodecConfigError",
     "CommitConflictError",
     "CorruptDataError",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "DecodeError",
+    "DecryptionError",
+    "KeyUnavailableError",
     "MissingDataFileError",
+    "MissingPluginError",
+    "PluginConflictError",
+    "PluginError",
     "ReadOnlyDatasetError",
     "RecordTooLargeError",
     "RecordTypeError",
@@ -133,6 +147,37 @@ class TruncatedDataError(CorruptDataError):
 
 class ChecksumMismatchError(CorruptDataError):
     """A record's stored bytes do not match the checksum recorded for them."""
+
+
+class DecodeError(CorruptDataError):
+    """A codec could not decode a stored record: it is corrupt or was altered."""
+
+
+class DecryptionError(DecodeError):
+    """A record failed authentication: the key is wrong, or the record was altered or moved."""
+
+
+class PluginError(SplitDataError, RuntimeError):
+    """The plugin system was used wrongly or a plugin misbehaved."""
+
+
+class PluginConflictError(PluginError):
+    """Two plugins registered the same codec, key provider or backend name."""
+
+
+class MissingPluginError(PluginError, ImportError):
+    """No plugin provides a name, or the plugin's optional dependency is not installed.
+
+    The message carries the exact ``pip install`` command that fixes it.
+    """
+
+
+class CodecConfigError(SplitDataError, ValueError):
+    """A codec option is invalid, or a codec chain is in an invalid order."""
+
+
+class KeyUnavailableError(SplitDataError, PermissionError):
+    """No key provider could supply the key a dataset names (by key id, never the key)."""
 
 
 class RecordTypeError(SplitDataError, TypeError):
