@@ -77,6 +77,7 @@ def read_batch(
     for (reader_id, segment_id, start, end, first, last), blob in zip(runs, blobs):
         reader = readers[reader_id]
         hash_record = reader.hash_record
+        decoder = reader.decoder
         if len(blob) != end - start or start < reader.min_offset:
             k = items[first]
             name = reader.segments[segment_id].name
@@ -88,7 +89,7 @@ def read_batch(
             if hash_record is not None and hash_record(data) != checksums[k]:
                 j = int(wanted[k]) - reader.first_record
                 raise reader.mismatch(j, reader.segments[segment_id].name, offsets[k])
-            out[k] = data
+            out[k] = data if decoder is None else decoder(data, int(wanted[k]))
     return out
 
 

@@ -78,6 +78,7 @@ class CommitReader:
         checksum: Callable[[Any], int] | None,
         handles: HandleCache,
         index_cache_pages: int = 32,
+        decoder: Callable[[bytes, int], bytes] | None = None,
     ) -> None:
         self.storage = storage
         self.commit = commit
@@ -85,6 +86,8 @@ class CommitReader:
         self.records = commit.records
         self.segments = commit.segments
         self.hash_record = checksum
+        #: ``(stored bytes, global index) -> record`` when the dataset has codecs.
+        self.decoder = decoder
         self._handles = handles
         layout = commit.layout
         self.bins = layout.bins
@@ -247,7 +250,7 @@ class CommitReader:
         if self._reader is not None:
             return self._reader
         if not self.local:
-            self._reader = self._read_remote
+            self._reader = self._with_decoder(self._read_remote)
             return self._reader
         mapping = self._index_map if self._index_map is not None else self._open_index()
         shift = self._shift
@@ -277,8 +280,19 @@ class CommitReader:
                 raise self.mismatch(j, self.segments[segment].name, offset)
             return data
 
-        self._reader = read_local
-        return read_local
+        self._reader = self._with_decoder(read_local)
+        return self._reader
+
+    def _with_decoder(self, read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+        decoder = self.decoder
+        if decoder is None:
+            return read
+        first = self.first_record
+
+        def read_decoded(j: int) -> bytes:
+            return decoder(read(j), first + j)
+
+        return read_decoded
 
     def _read_remote(self, j: int) -> bytes:
         segment, length, offset, checksum = self.entry(j)

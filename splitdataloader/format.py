@@ -23,6 +23,7 @@ FORMAT_NAME = "splitdataloader"
 FORMAT_VERSION = 2
 DATA_DIR = "data"
 INDEX_DIR = "index"
+META_DIR = "meta"
 
 #: A manifest larger than this is rejected before parsing.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
@@ -131,26 +132,16 @@ class Manifest:
     bins: int
     commits: tuple[Commit, ...] = ()
     codecs: tuple[dict[str, Any], ...] = ()
+    resources: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def files(self) -> list[str]:
-        """Every file name the manifest references (index parts and segments)."""
-        names: list[str] = []
+        """Every file name the manifest references (resources, index parts, segments)."""
+        names: list[str] = list(self.resources)
         for commit in self.commits:
             names.append(commit.index.name)
             names.extend(segment.name for segment in commit.segments)
         return names
-
-
-def require_supported_codecs(manifest: Manifest, path: str) -> None:
-    """Refuse a dataset whose codec chain this release cannot apply."""
-    if manifest.codecs:
-        names = ", ".join(str(codec.get("id", "?")) for codec in manifest.codecs)
-        raise UnsupportedFormatError(
-            f"{path} stores its records through the codecs [{names}], which this release "
-            f"does not provide: upgrade splitdataloader",
-            path=path,
-        )
 
 
 def index_part_size(records: int) -> int:
@@ -246,6 +237,7 @@ def dump_manifest(manifest: Manifest) -> bytes:
         "generation": manifest.generation,
         "checksum": manifest.checksum,
         "codecs": list(manifest.codecs),
+        "resources": list(manifest.resources),
         "records": manifest.records,
         "bins": manifest.bins,
         "commits": [
@@ -359,7 +351,14 @@ class _ManifestParser:
             raise UnsupportedFormatError(
                 f"manifest {self.path}: unknown checksum algorithm {checksum!r}", path=self.path
             )
-        codecs = self.listing(document.get("codecs", []), "codecs")
+        codecs = [
+            self.codec(self.mapping(c, f"codecs[{k}]"), k)
+            for k, c in enumerate(self.listing(document.get("codecs", []), "codecs"))
+        ]
+        resources = tuple(
+            self.name(r, f"resources[{k}]", META_DIR)
+            for k, r in enumerate(self.listing(document.get("resources", []), "resources"))
+        )
         commits = tuple(
             self.commit(self.mapping(entry, f"commits[{k}]"), k)
             for k, entry in enumerate(self.listing(document.get("commits"), "commits"))
@@ -377,6 +376,7 @@ class _ManifestParser:
             "generation",
             "checksum",
             "codecs",
+            "resources",
             "records",
             "bins",
             "commits",
@@ -388,9 +388,16 @@ class _ManifestParser:
             records=records,
             bins=bins,
             commits=commits,
-            codecs=tuple(self.mapping(c, "codec") for c in codecs),
+            codecs=tuple(codecs),
+            resources=resources,
             extra={k: v for k, v in document.items() if k not in known},
         )
+
+    def codec(self, entry: dict[str, Any], k: int) -> dict[str, Any]:
+        codec_id = entry.get("id")
+        if not isinstance(codec_id, str) or not codec_id:
+            raise self.fail(f"codecs[{k}] has no string id")
+        return entry
 
     def commit(self, entry: dict[str, Any], k: int) -> Commit:
         where = f"commits[{k}]"

@@ -215,7 +215,7 @@ class SegmentSource:
                 positions = range(first_position + lo, first_position + lo + len(part))
                 offsets = part["offset"].tolist()
                 self._check(records, part["checksum"].tolist(), bin_id, positions, offsets)
-                yield records
+                yield self._decoded(records, bin_id, positions)
             return
         per_window = max(step, WINDOW_BYTES // max(1, int(entries["length"].mean())))
         per_window -= per_window % step
@@ -233,7 +233,7 @@ class SegmentSource:
                 positions = range(first, first + len(records))
                 offsets = [start + a for a in starts[lo:hi]]
                 self._check(records, checksums[lo:hi], bin_id, positions, offsets)
-                yield records
+                yield self._decoded(records, bin_id, positions)
 
     def permuted_chunks(
         self, within: np.ndarray, bin_id: int, positions: np.ndarray, step: int
@@ -248,8 +248,9 @@ class SegmentSource:
         for lo in range(0, len(starts), step):
             hi = lo + step
             records = [buffer[a:b] for a, b in zip(starts[lo:hi], ends[lo:hi])]
-            self._check(records, checksums[lo:hi], bin_id, position_list[lo:hi], starts[lo:hi])
-            yield records
+            positions_chunk = position_list[lo:hi]
+            self._check(records, checksums[lo:hi], bin_id, positions_chunk, starts[lo:hi])
+            yield self._decoded(records, bin_id, positions_chunk)
 
     def _check(
         self,
@@ -269,6 +270,16 @@ class SegmentSource:
                 record_number = reader.record_of_entry(bin_id, positions[k])
                 raise reader.mismatch(record_number, self.name, offsets[k])
 
+    def _decoded(self, records: list[bytes], bin_id: int, positions: Sequence[int]) -> list[bytes]:
+        """Records through the dataset's codecs (as stored when it has none)."""
+        decoder = self.reader.decoder
+        if decoder is None:
+            return records
+        reader = self.reader
+        first = reader.first_record + reader.record_of_entry(bin_id, 0)
+        bins = reader.bins
+        return [decoder(record, first + p * bins) for record, p in zip(records, positions)]
+
     def _large_records(self, bin_id: int, first_position: int) -> Iterator[list[bytes]]:
         # Records of a chunk's size or more, one pread each: the per-record bookkeeping
         # stays in plain Python lists, built once per segment.
@@ -287,7 +298,7 @@ class SegmentSource:
                 raise reader.mismatch(
                     reader.record_of_entry(bin_id, first_position + position), self.name, offset
                 )
-            yield [record]
+            yield self._decoded([record], bin_id, [first_position + position])
 
     def take(self, within: np.ndarray, bin_id: int, positions: np.ndarray) -> list[bytes]:
         """The records at ``within`` (indices into this source's entries), verified."""
@@ -296,8 +307,9 @@ class SegmentSource:
         part = self.entries[within]
         records = self._slices(part)
         offsets = part["offset"].tolist()
-        self._check(records, part["checksum"].tolist(), bin_id, positions.tolist(), offsets)
-        return records
+        position_list = positions.tolist()
+        self._check(records, part["checksum"].tolist(), bin_id, position_list, offsets)
+        return self._decoded(records, bin_id, position_list)
 
     def close(self) -> None:
         if self._fd >= 0:

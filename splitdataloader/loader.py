@@ -12,13 +12,14 @@ import bisect
 import itertools
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .batch import read_batch
+from .chain import environment, key_ring, open_pipeline
 from .checksums import checksum_function
 from .commits import CommitReader, HandleCache
 from .errors import (
@@ -32,11 +33,13 @@ from .format import (
     MAX_MANIFEST_BYTES,
     Manifest,
     parse_manifest,
-    require_supported_codecs,
 )
 from .iteration import bin_in_order, bin_shuffled
 from .legacy import LEGACY_INDEX_NAME, LegacyDataset
 from .storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from .codecs import KeyProvider
 
 __all__ = ["SplitDataLoader"]
 
@@ -63,6 +66,10 @@ class SplitDataLoader:
     verify
         Check every record's checksum when it is read (the default). Turning it off
         saves a hash per record and gives up the detection of corrupt bytes.
+    keys, key_providers
+        For encrypted datasets: keys by key id, and the key providers to ask (default:
+        every registered provider, e.g. environment variables and key files). Keys are
+        never pickled into worker processes' logs or shown in errors.
     max_open_segments
         Upper bound on the segments kept memory-mapped or open for random access.
 
@@ -83,12 +90,16 @@ class SplitDataLoader:
         storage_options: dict[str, Any] | None = None,
         verify: bool = True,
         max_open_segments: int = 512,
+        keys: Mapping[str, bytes] | None = None,
+        key_providers: Sequence[KeyProvider] | None = None,
     ) -> None:
         self._storage: Storage = open_storage(os.fspath(data_dir), storage_options)
         self._options: dict[str, Any] = {
             "storage_options": storage_options,
             "verify": verify,
             "max_open_segments": max_open_segments,
+            "keys": keys,
+            "key_providers": key_providers,
         }
         self._verify = verify
         self._handles = HandleCache(max_open_segments)
@@ -104,7 +115,7 @@ class SplitDataLoader:
             self._read: Callable[[int], bytes] = self._legacy.get
             return
         manifest = parse_manifest(raw, self._storage.display(MANIFEST_NAME))
-        require_supported_codecs(manifest, self._storage.spec.url)
+        decoder = self._decoder(manifest, keys, key_providers)
         self.manifest = manifest
         self._length = manifest.records
         self._bins = manifest.bins
@@ -113,11 +124,36 @@ class SplitDataLoader:
         for commit in manifest.commits:
             if commit.records == 0:
                 continue
-            reader = CommitReader(self._storage, commit, first, hash_record, self._handles)
+            reader = CommitReader(
+                self._storage, commit, first, hash_record, self._handles, decoder=decoder
+            )
             self._readers.append(reader)
             self._starts.append(first)
             first += commit.records
         self._read = self._first_read if len(self._readers) == 1 else self._read_any
+
+    def _decoder(
+        self,
+        manifest: Manifest,
+        keys: Mapping[str, bytes] | None,
+        key_providers: Sequence[KeyProvider] | None,
+    ) -> Callable[[bytes, int], bytes] | None:
+        """``(stored bytes, global index) -> record`` for a dataset with codecs, else None."""
+        if not manifest.codecs:
+            return None
+        from .codecs import RecordContext  # noqa: PLC0415 - codecs load only when used
+
+        ring = key_ring(keys, key_providers)
+        env = environment(self._storage, manifest.dataset_id, ring)
+        pipeline = open_pipeline(manifest.codecs, env)
+        decode = pipeline.decode
+        dataset_id = manifest.dataset_id
+
+        def decode_record(data: bytes, index: int) -> bytes:
+            record: bytes = decode(data, RecordContext(dataset_id, index))
+            return record
+
+        return decode_record
 
     def _read_manifest(self) -> bytes | None:
         storage = self._storage

@@ -25,12 +25,13 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from .chain import WriterCodecs
 from .checksums import DEFAULT_CHECKSUM, checksum_function
 from .errors import (
     CommitConflictError,
@@ -49,6 +50,7 @@ from .format import (
     MAX_BINS,
     MAX_MANIFEST_BYTES,
     MAX_RECORD_BYTES,
+    META_DIR,
     SEGMENT_HEADER,
     Commit,
     IndexRef,
@@ -61,11 +63,13 @@ from .format import (
     encode_segment_header,
     index_part_size,
     parse_manifest,
-    require_supported_codecs,
 )
 from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
 from .records import as_byte_view
 from .storage import Storage, Writable, open_storage
+
+if TYPE_CHECKING:
+    from .codecs import KeyProvider
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +130,14 @@ class SplitWriter:
         and then reads report the damaged records instead of returning wrong bytes.
     max_segment_bytes
         Start a new segment of a bin once its current one would exceed this size.
+    codecs
+        Codec chain for a new dataset, in encode order (compression before encryption):
+        names (``"zstd"``), configs (``{"id": "zstd", "level": 9}``) or codec objects.
+        An existing dataset keeps its own chain. Invalid options raise
+        :class:`~splitdataloader.errors.CodecConfigError` here, before anything is written.
+    keys, key_providers
+        Keys by key id for encrypting codecs, and the key providers to ask (default: every
+        registered provider). Keys are never written to the dataset.
 
     Raises
     ------
@@ -145,6 +157,9 @@ class SplitWriter:
         checksum: str = DEFAULT_CHECKSUM,
         durable: bool = False,
         max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES,
+        codecs: Sequence[Any] | None = None,
+        keys: Mapping[str, bytes] | None = None,
+        key_providers: Sequence[KeyProvider] | None = None,
     ) -> None:
         if bins is not None and (type(bins) is not int or not 1 <= bins <= MAX_BINS):
             raise ValueError(f"bins must be an integer in [1, {MAX_BINS}], not {bins!r}")
@@ -166,8 +181,16 @@ class SplitWriter:
                 path=self._storage.spec.url,
             )
         self._base: Manifest | None = None if start_clean else base
-        if self._base is not None:
-            require_supported_codecs(self._base, self._storage.spec.url)
+        self._dataset_id = self._base.dataset_id if self._base else secrets.token_hex(16)
+        self._codecs = WriterCodecs(
+            self._storage,
+            base_configs=self._base.codecs if self._base else None,
+            specs=codecs,
+            dataset_id=self._dataset_id,
+            session=self._session,
+            keys=keys,
+            key_providers=key_providers,
+        )
         self._replaced: Manifest | None = base if start_clean else None
         if self._base is not None:
             checksum = self._base.checksum
@@ -186,6 +209,7 @@ class SplitWriter:
             _DATA_BUFFER_MAX, max(_DATA_BUFFER_MIN, _DATA_BUFFER_TOTAL // self._bins)
         )
         self._commit_number = 0
+        self._committed_resources: set[str] = set()
         self._session_records = 0
         self._dirs_made = False
         self._reset_commit_state()
@@ -252,15 +276,35 @@ class SplitWriter:
         """
         self._check_open()
         base = self._base.records if self._base else 0
-        self._write_batch((record,))
-        return base + self._commit_records - 1
+        index = base + self._commit_records + self._held_back()
+        self._write_batch(self._through_sample((record,)))
+        return index
 
     def write_many(self, records: Iterable[Any]) -> int:
         """Add every record of ``records``; returns how many were added."""
         self._check_open()
-        before = self._commit_records
-        self._write_batch(records)
-        return self._commit_records - before
+        before = self._commit_records + self._held_back()
+        self._write_batch(self._through_sample(records))
+        return self._commit_records + self._held_back() - before
+
+    def _held_back(self) -> int:
+        sample = self._codecs.sample
+        return len(sample) if sample is not None else 0
+
+    def _through_sample(self, records: Iterable[Any]) -> Iterable[Any]:
+        """While codecs still train, hold the first records back; then release them."""
+        if self._codecs.sample is None:
+            return records
+        return self._sampling(iter(records))
+
+    def _sampling(self, records: Iterator[Any]) -> Iterator[Any]:
+        base = (self._base.records if self._base else 0) + self._commit_records
+        for record in records:
+            position = base + self._held_back()
+            if self._codecs.add_to_sample(as_byte_view(record, position, self._held_back())):
+                yield from self._codecs.finish_sample(base)
+                yield from records
+                return
 
     def _write_batch(self, records: Iterable[Any]) -> None:
         bins = self._bins
@@ -279,6 +323,9 @@ class SplitWriter:
         slot = (self._session_records + self._commit_records) % bins
         count = self._commit_records
         first = self._base.records if self._base is not None else 0
+        pipeline = self._codecs.pipeline if self._codecs.active else None
+        encode = pipeline.encode if pipeline is not None else None
+        context = self._codecs.context() if encode is not None else None
         spill_at = self._spilled_upto + _ENTRY_BUDGET // INDEX_ENTRY.size
         try:
             for record in records:
@@ -288,6 +335,12 @@ class SplitWriter:
                 length = len(view)
                 if length > MAX_RECORD_BYTES:
                     as_byte_view(record, first + count, count)  # raises RecordTooLargeError
+                if encode is not None:
+                    assert context is not None  # set together with encode
+                    view = encode(view, context(first + count))
+                    length = len(view)
+                    if length > MAX_RECORD_BYTES:
+                        as_byte_view(view, first + count, count)
                 bin_id = slot if order is None else order[slot]
                 slot += 1
                 if slot == bins:
@@ -398,6 +451,9 @@ class SplitWriter:
         """
         self._check_open()
         try:
+            if self._codecs.sample is not None:
+                first = (self._base.records if self._base else 0) + self._commit_records
+                self._write_batch(self._codecs.finish_sample(first))
             manifest = self._commit()
         except BaseException:
             self._discard_uncommitted()
@@ -407,7 +463,15 @@ class SplitWriter:
     def _commit(self) -> Manifest:
         storage = self._storage
         base = self._base
-        if self._commit_records == 0 and base is not None and self._replaced is None:
+        fresh_resources = tuple(
+            r for r in self._codecs.created if r not in self._committed_resources
+        )
+        if (
+            self._commit_records == 0
+            and base is not None
+            and self._replaced is None
+            and not fresh_resources
+        ):
             return base
         commit: Commit | None = None
         if self._commit_records:
@@ -416,13 +480,14 @@ class SplitWriter:
         records = sum(c.records for c in commits)
         bins = max([self._bins, base.bins if base else 1] + [c.bins for c in commits])
         manifest = Manifest(
-            dataset_id=base.dataset_id if base else secrets.token_hex(16),
+            dataset_id=self._dataset_id,
             generation=(base.generation if base else 0) + 1,
             checksum=self._checksum_name,
             records=records,
             bins=bins,
             commits=commits,
-            codecs=base.codecs if base else (),
+            codecs=self._codecs.configs(),
+            resources=(base.resources if base else ()) + fresh_resources,
             extra=base.extra if base else {},
         )
         data = dump_manifest(manifest)
@@ -444,6 +509,7 @@ class SplitWriter:
             storage.replace_file(MANIFEST_NAME, data, self._durable)
         self._base_raw = data
         self._base = manifest
+        self._committed_resources.update(fresh_resources)
         if self._replaced is not None or self._start_clean:
             self._remove_replaced(manifest)
         self._session_records += self._commit_records
@@ -492,7 +558,7 @@ class SplitWriter:
         storage = self._storage
         stale = [
             name
-            for directory in (DATA_DIR, INDEX_DIR)
+            for directory in (DATA_DIR, INDEX_DIR, META_DIR)
             for name in storage.list_names(directory)
             if name not in keep
         ]
@@ -512,6 +578,9 @@ class SplitWriter:
                 segment.writer = None
         self._storage.remove([s.name for s in self._segments])
         self._storage.remove([f"{INDEX_DIR}/{self._session}-c{self._commit_number:04d}.idx"])
+        self._storage.remove(
+            [r for r in self._codecs.created if r not in self._committed_resources]
+        )
         self._close_scratch()
         self._reset_commit_state()
 
