@@ -91,11 +91,11 @@ def open_pipeline(configs: Sequence[Mapping[str, Any]], env: CodecEnvironment) -
     return CodecPipeline.from_configs(configs, env)
 
 
-def new_codecs(specs: Sequence[Any]) -> list[Codec]:
+def new_codecs(specs: Sequence[Any], env: CodecEnvironment) -> list[Codec]:
     """Resolve a writer's ``codecs=`` argument; invalid options fail here, before any write."""
     from .codecs import resolve_codecs  # noqa: PLC0415
 
-    return resolve_codecs(specs)
+    return list(resolve_codecs(specs, env))
 
 
 #: Most bytes of raw records a writer holds back to train its codecs on.
@@ -150,7 +150,7 @@ class WriterCodecs:
         ring = key_ring(keys, key_providers)
         self._env = environment(storage, dataset_id, ring, session, self.created)
         if base_configs:
-            wanted = [c.codec_id for c in new_codecs(specs)] if specs else None
+            wanted = [c.codec_id for c in new_codecs(specs, self._env)] if specs else None
             existing = [str(c["id"]) for c in base_configs]
             if wanted is not None and wanted != existing:
                 raise CodecConfigError(
@@ -162,8 +162,8 @@ class WriterCodecs:
             self.pipeline = open_pipeline(base_configs, self._env)
             return
         assert specs is not None  # checked above: a new chain needs specs
-        self._codecs = new_codecs(specs)
-        self._sample_size = max((type(c).sample_size for c in self._codecs), default=0)
+        self._codecs = new_codecs(specs, self._env)
+        self._sample_size = max((c.sample_size for c in self._codecs), default=0)
         if self._sample_size > 0:
             self.sample = []
         else:
@@ -211,6 +211,7 @@ class WriterCodecs:
         return sample
 
     def _build(self) -> None:
-        from .codecs import CodecPipeline  # noqa: PLC0415
-
-        self.pipeline = CodecPipeline(self._codecs)
+        # Rebuilt from the configs exactly as a reader will rebuild it, so the writer's
+        # codecs are bound to this dataset's keys and resources, and what it writes is
+        # what the manifest describes.
+        self.pipeline = open_pipeline([c.get_config() for c in self._codecs], self._env)

@@ -21,6 +21,7 @@ from typing import IO, Any, Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from . import plugins
 from .errors import MissingDataFileError, TruncatedDataError
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,12 @@ class Storage:
         if not isinstance(url, (str, os.PathLike)):
             raise TypeError(f"dataset location must be a str or path, not {type(url).__name__}")
         self.spec = StorageSpec(os.fspath(url), dict(options or {}))
-        fs, root = fsspec.core.url_to_fs(self.spec.url, **self.spec.options)
+        scheme = url_scheme(self.spec.url)
+        factory = plugins.backend_factory(scheme) if scheme else None
+        if factory is not None:
+            fs, root = factory(self.spec.url, dict(self.spec.options))
+        else:
+            fs, root = fsspec.core.url_to_fs(self.spec.url, **self.spec.options)
         self.fs: Any = fs
         self.root: str = root.rstrip("/") if root not in ("/", "") else root
         self.is_local = isinstance(fs, LocalFileSystem)
@@ -330,6 +336,17 @@ class Storage:
             yield
         finally:
             os.close(descriptor)  # closing releases the lock
+
+
+def url_scheme(url: str) -> str | None:
+    """The scheme a backend plugin is looked up by: ``s3`` for ``s3://b/p``,
+    ``simplecache`` for ``simplecache::s3://b/p``, ``None`` for a local path."""
+    first = url.split("::", 1)[0]
+    if "://" in first:
+        return first.split("://", 1)[0].lower()
+    if "::" in url:
+        return first.lower()
+    return None
 
 
 def open_storage(url: str, options: dict[str, Any] | None = None) -> Storage:

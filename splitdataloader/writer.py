@@ -640,6 +640,9 @@ def write_split_data(
     seed: int | None = None,
     checksum: str = DEFAULT_CHECKSUM,
     durable: bool = False,
+    codecs: Sequence[Any] | None = None,
+    keys: Mapping[str, bytes] | None = None,
+    key_providers: Sequence[KeyProvider] | None = None,
 ) -> int:
     """Write a sequence of records to ``splits`` bins in one commit.
 
@@ -656,7 +659,7 @@ def write_split_data(
         An iterable of bytes-like records.
     splits
         Number of bins; ``None`` keeps the existing dataset's, or 256 for a new one.
-    shuffle, start_clean, storage_options, seed, checksum, durable
+    shuffle, start_clean, storage_options, seed, checksum, durable, codecs, keys, key_providers
         As for :class:`SplitWriter`.
 
     Returns
@@ -673,5 +676,8 @@ def write_split_data(
         seed=seed,
         checksum=checksum,
         durable=durable,
+        codecs=codecs,
+        keys=keys,
+        key_providers=key_providers,
     ) as writer:
         return writer.write_many(data_source)

@@ -1,0 +1,1 @@
+"""sdl-example: a bz2 codec and a ``fakemem://`` storage backend for splitdataloader."""
