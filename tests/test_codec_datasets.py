@@ -138,3 +138,29 @@ def test_flipped_ciphertext_names_the_record(dataset_root: str, dataset_url: str
         unverified[19]
     assert "19" in str(decrypt.value)
     assert unverified[18] == records[18]
+
+
+def test_random_access_with_codecs_is_one_ranged_read_per_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from splitdataloader.storage import Storage  # noqa: PLC0415 - only this test counts reads
+
+    url = "memory://codec-ranged-reads"
+    records = corpus(200)
+    write_split_data(
+        url, records, splits=4, codecs=["zstd", {"id": "aesgcm", "key_id": "k1"}], keys={"k1": KEY}
+    )
+    loader = SplitDataLoader(url, keys={"k1": KEY})
+    assert loader[0] == records[0]  # reads the index header and its first page once
+    calls: list[tuple[str, int, int]] = []
+    original = Storage.read_range
+
+    def counting(self: Storage, name: str, start: int, end: int) -> bytes:
+        calls.append((name, start, end))
+        return original(self, name, start, end)
+
+    monkeypatch.setattr(Storage, "read_range", counting)
+    picks = [150, 3, 77, 201, 9]
+    assert [loader[i] for i in picks] == [records[i] for i in picks]
+    assert len(calls) == len(picks)
+    assert all(name.startswith("data/") for name, _, _ in calls)
