@@ -11,9 +11,10 @@ order asked.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .commits import CommitReader
 
@@ -35,7 +36,7 @@ def read_batch(
     storage: Storage,
     readers: Sequence[CommitReader],
     first_records: Sequence[int],
-    positions: np.ndarray,
+    positions: NDArray[Any],
 ) -> list[bytes]:
     """The verified records at global ``positions`` (already range-checked), in order."""
     count = len(positions)
@@ -94,7 +95,7 @@ def read_batch(
 
 
 def _coalesce(
-    owner: np.ndarray, segment: np.ndarray, offset: np.ndarray, length: np.ndarray, gap: int
+    owner: NDArray[Any], segment: NDArray[Any], offset: NDArray[Any], length: NDArray[Any], gap: int
 ) -> list[_Run]:
     """Runs of sorted items that one read can serve."""
     end = offset + length

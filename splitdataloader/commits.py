@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import ChecksumMismatchError, CorruptDataError, TruncatedDataError
 from .format import (
@@ -172,14 +173,14 @@ class CommitReader:
         page, within = divmod(e, INDEX_PAGE_ENTRIES)
         return _unpack_entry(self._remote_page(page), within * _ENTRY)
 
-    def entries_at(self, records: np.ndarray) -> np.ndarray:
+    def entries_at(self, records: NDArray[Any]) -> NDArray[Any]:
         """Index entries of many commit-local records at once (a structured array)."""
         q, t = np.divmod(records + self._shift, self.bins)
         numbers = np.asarray(self._slot_adjust, dtype=np.int64)[t] + q
         if self.local:
             mapping = self._index_map if self._index_map is not None else self._open_index()
             table = np.frombuffer(mapping, INDEX_ENTRY_DTYPE, count=self.records, offset=_HEADER)
-            result: np.ndarray = table[numbers]
+            result: NDArray[Any] = table[numbers]
             return result
         pages, within = np.divmod(numbers, INDEX_PAGE_ENTRIES)
         out = np.empty(len(numbers), dtype=INDEX_ENTRY_DTYPE)
@@ -189,7 +190,7 @@ class CommitReader:
             out[picked] = chunk[within[picked]]
         return out
 
-    def bin_entries(self, bin_id: int) -> np.ndarray:
+    def bin_entries(self, bin_id: int) -> NDArray[Any]:
         """The index entries of ``bin_id`` in this commit, in written order (a copy)."""
         if bin_id >= self.bins:
             return np.empty(0, dtype=INDEX_ENTRY_DTYPE)
@@ -210,7 +211,7 @@ class CommitReader:
         self._check_entries(entries, bin_id)
         return entries
 
-    def _check_entries(self, entries: np.ndarray, bin_id: int) -> None:
+    def _check_entries(self, entries: NDArray[Any], bin_id: int) -> None:
         segment_ids = entries["segment"]
         where = self.storage.display(self.commit.index.name)
         if segment_ids.size and int(segment_ids.max()) >= len(self.segments):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .checksums import SUPPORTED_CHECKSUMS
 from .errors import DatasetFormatError, UnsafeDatasetError, UnsupportedFormatError
@@ -68,13 +69,13 @@ class RoundRobinLayout:
     start: int = 0
     order: tuple[int, ...] | None = None
 
-    def slot_counts(self, records: int) -> np.ndarray:
+    def slot_counts(self, records: int) -> NDArray[Any]:
         """Records per slot (slot ``t`` feeds bin ``order[t]``) for a commit of ``records``."""
         slots = np.arange(self.bins, dtype=np.int64)
         total = self.start + records - slots + self.bins - 1
         return total // self.bins - (slots < self.start)
 
-    def bin_counts(self, records: int) -> np.ndarray:
+    def bin_counts(self, records: int) -> NDArray[Any]:
         """Records per bin, indexed by bin id."""
         per_slot = self.slot_counts(records)
         if self.order is None:
@@ -169,8 +170,8 @@ def check_index_header(data: bytes, records: int, path: str) -> None:
 
 
 def bin_index_entries(
-    lengths: np.ndarray,
-    checksums: np.ndarray,
+    lengths: NDArray[Any],
+    checksums: NDArray[Any],
     cursor: tuple[int, int],
     segment_starts: list[tuple[int, int]],
 ) -> tuple[bytes, tuple[int, int]]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .commits import CommitReader, not_a_segment
 from .errors import TruncatedDataError
@@ -59,8 +60,8 @@ def bin_shuffled(
 ) -> Iterator[list[bytes]]:
     """Chunks of the records of ``bin_id`` in an order drawn from ``rng``."""
     sources: list[SegmentSource] = []
-    owners: list[np.ndarray] = []
-    positions: list[np.ndarray] = []
+    owners: list[NDArray[Any]] = []
+    positions: list[NDArray[Any]] = []
     try:
         for reader in readers:
             entries = reader.bin_entries(bin_id)
@@ -92,10 +93,10 @@ def bin_shuffled(
 
 def _gather(
     sources: list[SegmentSource],
-    owner: np.ndarray,
-    within: np.ndarray,
+    owner: NDArray[Any],
+    within: NDArray[Any],
     bin_id: int,
-    position: np.ndarray,
+    position: NDArray[Any],
 ) -> list[bytes]:
     if len(sources) == 1:
         return sources[0].take(within, bin_id, position)
@@ -108,7 +109,7 @@ def _gather(
     return out
 
 
-def _chunk_records(lengths: np.ndarray) -> int:
+def _chunk_records(lengths: NDArray[Any]) -> int:
     if not lengths.size:
         return 1
     average = max(1, int(lengths.mean()))
@@ -126,7 +127,7 @@ class SegmentSource:
     """
 
     def __init__(
-        self, reader: CommitReader, segment: int, entries: np.ndarray, *, sequential: bool
+        self, reader: CommitReader, segment: int, entries: NDArray[Any], *, sequential: bool
     ) -> None:
         self.reader = reader
         self.entries = entries
@@ -178,7 +179,7 @@ class SegmentSource:
             f"{where} is {actual} bytes, shorter than its commit says", path=where, offset=actual
         )
 
-    def _slices(self, part: np.ndarray) -> list[bytes]:
+    def _slices(self, part: NDArray[Any]) -> list[bytes]:
         offsets = part["offset"]
         lengths = part["length"].tolist()
         if self._fd >= 0:
@@ -192,7 +193,7 @@ class SegmentSource:
         buffer = self._buffer
         return [buffer[o : o + n] for o, n in zip(offsets.tolist(), lengths)]
 
-    def _read_window(self, part: np.ndarray) -> tuple[bytes, int]:
+    def _read_window(self, part: NDArray[Any]) -> tuple[bytes, int]:
         """One ``pread`` covering every record of ``part``; returns it and its offset."""
         start = int(part["offset"][0])
         end = int(part["offset"][-1]) + int(part["length"][-1])
@@ -236,7 +237,7 @@ class SegmentSource:
                 yield self._decoded(records, bin_id, positions)
 
     def permuted_chunks(
-        self, within: np.ndarray, bin_id: int, positions: np.ndarray, step: int
+        self, within: NDArray[Any], bin_id: int, positions: NDArray[Any], step: int
     ) -> Iterator[list[bytes]]:
         """The records at ``within`` in that order, a verified chunk at a time (buffered)."""
         part = self.entries[within]
@@ -300,7 +301,7 @@ class SegmentSource:
                 )
             yield self._decoded([record], bin_id, [first_position + position])
 
-    def take(self, within: np.ndarray, bin_id: int, positions: np.ndarray) -> list[bytes]:
+    def take(self, within: NDArray[Any], bin_id: int, positions: NDArray[Any]) -> list[bytes]:
         """The records at ``within`` (indices into this source's entries), verified."""
         if self._windowed:
             raise AssertionError("take() needs a source opened with sequential=False")

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .batch import read_batch
 from .chain import environment, key_ring, open_pipeline
@@ -269,7 +270,7 @@ class SplitDataLoader:
         reader = self._readers[bisect.bisect_right(self._starts, index) - 1]
         return reader.read(index - reader.first_record)
 
-    def _positions(self, indices: Iterable[int]) -> np.ndarray:
+    def _positions(self, indices: Iterable[int]) -> NDArray[Any]:
         """Validated, non-negative positions for ``indices`` (any iterable of integers)."""
         if isinstance(indices, range):
             wanted = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
@@ -286,7 +287,7 @@ class SplitDataLoader:
                     # Python integers beyond 64 bits, or mixed types: check one by one.
                     return np.asarray([self._locate(i) for i in listed], dtype=np.int64)
                 raise TypeError(f"dataset indices must be integers, not {wanted.dtype} values")
-            if wanted.dtype.kind == "u" and wanted.size and int(wanted.max()) >= 1 << 63:
+            if wanted.dtype.kind == "u" and wanted.size and int(np.max(wanted)) >= 1 << 63:
                 raise IndexError("record index out of range")
             wanted = wanted.astype(np.int64, copy=False)
         wanted = np.where(wanted < 0, wanted + self._length, wanted)
