@@ -272,6 +272,7 @@ class SplitDataLoader:
 
     def _positions(self, indices: Iterable[int]) -> NDArray[Any]:
         """Validated, non-negative positions for ``indices`` (any iterable of integers)."""
+        wanted: NDArray[Any]
         if isinstance(indices, range):
             wanted = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
         else:
