@@ -32,9 +32,6 @@ from .format import (
 if TYPE_CHECKING:
     from .storage import Storage
 
-#: Iteration reads segments whose records average at least this size record by record
-#: with ``pread`` (one copy) instead of mapping the segment (page faults plus a copy).
-LARGE_RECORD = 64 * 1024
 #: Index entries per cached page on non-local filesystems (96 KiB per page).
 INDEX_PAGE_ENTRIES = 4096
 _ENTRY = INDEX_ENTRY.size
@@ -139,6 +136,14 @@ class CommitReader:
         self._index_map = mapping
         return mapping
 
+    def _check_remote_header(self) -> None:
+        """Validate the index part's header once, before its entries are trusted."""
+        if not self._index_checked:
+            name = self.commit.index.name
+            header = self.storage.read_range(name, 0, _HEADER)
+            check_index_header(header, self.records, self.storage.display(name))
+            self._index_checked = True
+
     def _remote_page(self, page: int) -> bytes:
         cached = self._pages.get(page)
         if cached is not None:
@@ -147,10 +152,7 @@ class CommitReader:
         name = self.commit.index.name
         start = _HEADER + page * INDEX_PAGE_ENTRIES * _ENTRY
         end = min(start + INDEX_PAGE_ENTRIES * _ENTRY, self.commit.index.size)
-        if not self._index_checked:
-            header = self.storage.read_range(name, 0, _HEADER)
-            check_index_header(header, self.records, self.storage.display(name))
-            self._index_checked = True
+        self._check_remote_header()
         data = self.storage.read_range(name, start, end)
         if len(data) != end - start:
             raise self._truncated_index()
@@ -199,10 +201,7 @@ class CommitReader:
         if count == 0:
             return np.empty(0, dtype=INDEX_ENTRY_DTYPE)
         name = self.commit.index.name
-        if not self._index_checked:
-            header = self.storage.read_range(name, 0, _HEADER)
-            check_index_header(header, self.records, self.storage.display(name))
-            self._index_checked = True
+        self._check_remote_header()
         start = _HEADER + first * _ENTRY
         data = self.storage.read_range(name, start, start + count * _ENTRY)
         if len(data) != count * _ENTRY:

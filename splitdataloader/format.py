@@ -84,11 +84,6 @@ class RoundRobinLayout:
         per_bin[np.asarray(self.order, dtype=np.int64)] = per_slot
         return per_bin
 
-    def bin_of(self, j: int) -> int:
-        """The bin of commit-local record ``j``."""
-        slot = (j + self.start) % self.bins
-        return slot if self.order is None else self.order[slot]
-
     def to_json(self) -> dict[str, Any]:
         return {
             "type": "round_robin",
@@ -220,10 +215,6 @@ def bin_index_entries(
 
 def encode_segment_header(bin_id: int) -> bytes:
     return SEGMENT_HEADER.pack(SEGMENT_MAGIC, bin_id, 0)
-
-
-def encode_frame_header(length: int, checksum: int) -> bytes:
-    return FRAME_HEADER.pack(length, length ^ FRAME_CHECK_MASK, checksum)
 
 
 # ---------------------------------------------------------------- manifest JSON

@@ -26,11 +26,10 @@ from .format import SEGMENT_MAGIC
 LARGE_RECORD = 64 * 1024
 #: Largest bulk read while iterating a local segment in order.
 WINDOW_BYTES = 8 << 20
-#: Most record bytes materialised at once (a chunk); larger records come one per chunk.
-#: Small chunks matter: every record is a fresh allocation, and when a chunk is freed the
-#: C allocator hands memory above its trim threshold (128 KiB by default) back to the OS,
-#: so the next chunk would fault every page in again.
-CHUNK_BYTES = 64 << 10
+#: Most record bytes materialised at once (a chunk); larger records come one per chunk,
+#: through their own path: keeping many fresh 1 MiB objects alive makes the C allocator
+#: hand memory back to the OS and fault it in again for the next ones.
+CHUNK_BYTES = 1 << 20
 #: Most records materialised at once.
 CHUNK_RECORDS = 1024
 #: Local segments up to this size are read whole for shuffled iteration; larger ones are

@@ -285,6 +285,19 @@ def _add(
     )
 
 
+def _class_name(registered: object, base: type, attribute: str, who: str) -> str:
+    """The name a registered class declares in ``attribute``, after checking both."""
+    if not (isinstance(registered, type) and issubclass(registered, base)):
+        raise PluginError(f"plugin {who} registered {registered!r}, not a {base.__name__} subclass")
+    name = getattr(registered, attribute, None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PluginError(
+            f"plugin {who}: {registered.__qualname__}.{attribute} must be a lowercase name "
+            f"matching {_NAME.pattern!r}, not {name!r}"
+        )
+    return name
+
+
 def _registrars(
     state: _State, info: _PluginInfo
 ) -> tuple[hookspecs.RegisterCodec, hookspecs.RegisterKeyProvider, hookspecs.RegisterBackend]:
@@ -295,14 +308,7 @@ def _registrars(
     def register_codec(
         codec_class: type[Codec], *, requires: tuple[str, ...] = (), extra: str | None = None
     ) -> None:
-        if not (isinstance(codec_class, type) and issubclass(codec_class, Codec)):
-            raise PluginError(f"plugin {who} registered {codec_class!r}, not a Codec subclass")
-        codec_id = getattr(codec_class, "codec_id", None)
-        if not isinstance(codec_id, str) or not _NAME.match(codec_id):
-            raise PluginError(
-                f"plugin {who}: {codec_class.__qualname__}.codec_id must be a lowercase name "
-                f"matching {_NAME.pattern!r}, not {codec_id!r}"
-            )
+        codec_id = _class_name(codec_class, Codec, "codec_id", who)
         if getattr(codec_class, "kind", None) not in ("compression", "encryption"):
             raise PluginError(
                 f"plugin {who}: {codec_class.__qualname__}.kind must be 'compression' or "
@@ -325,16 +331,7 @@ def _registrars(
         requires: tuple[str, ...] = (),
         extra: str | None = None,
     ) -> None:
-        if not (isinstance(provider_class, type) and issubclass(provider_class, KeyProvider)):
-            raise PluginError(
-                f"plugin {who} registered {provider_class!r}, not a KeyProvider subclass"
-            )
-        provider_id = getattr(provider_class, "provider_id", None)
-        if not isinstance(provider_id, str) or not _NAME.match(provider_id):
-            raise PluginError(
-                f"plugin {who}: {provider_class.__qualname__}.provider_id must be a lowercase "
-                f"name matching {_NAME.pattern!r}, not {provider_id!r}"
-            )
+        provider_id = _class_name(provider_class, KeyProvider, "provider_id", who)
         needs = _check_requires(requires, extra, who)
         _add(
             state.key_providers,
