@@ -69,6 +69,7 @@ def read_batch(
             [readers[r].segments[s].name for r, s, _, _, _, _ in runs],
             [start for _, _, start, _, _, _ in runs],
             [end for _, _, _, end, _, _ in runs],
+            readers[0].concurrency,
         )
     out: list[bytes] = [b""] * count
     items = order.tolist()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +38,11 @@ _ENTRY = INDEX_ENTRY.size
 _HEADER = INDEX_HEADER.size
 _MIN_OFFSET = SEGMENT_HEADER.size
 _unpack_entry = INDEX_ENTRY.unpack_from
+
+#: ``(name, start, end)``: a byte range of a file, by name relative to the dataset root.
+ByteRange = tuple[str, int, int]
+#: Reads a :data:`ByteRange` (``storage.read_range`` or a read-ahead's ``read``).
+Fetch = Callable[[str, int, int], bytes]
 _pread = os.pread
 
 
@@ -108,6 +113,8 @@ class CommitReader:
         self._page_capacity = index_cache_pages
         self.local = storage.is_local
         self.min_offset = _MIN_OFFSET
+        #: Most concurrent requests for batched remote reads.
+        self.concurrency: int | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -136,13 +143,32 @@ class CommitReader:
         self._index_map = mapping
         return mapping
 
-    def _check_remote_header(self) -> None:
+    def _check_remote_header(self, fetch: Fetch | None = None) -> None:
         """Validate the index part's header once, before its entries are trusted."""
         if not self._index_checked:
             name = self.commit.index.name
-            header = self.storage.read_range(name, 0, _HEADER)
+            header = (fetch or self.storage.read_range)(name, 0, _HEADER)
             check_index_header(header, self.records, self.storage.display(name))
             self._index_checked = True
+
+    def header_range(self) -> ByteRange | None:
+        """The index header's byte range, while it still has to be checked (remote)."""
+        if self.local or self._index_checked:
+            return None
+        return (self.commit.index.name, 0, _HEADER)
+
+    def bin_entries_range(self, bin_id: int) -> ByteRange | None:
+        """The byte range of the index part holding ``bin_id``'s entries (None if empty)."""
+        if bin_id >= self.bins or self.bin_counts[bin_id] == 0:
+            return None
+        start = _HEADER + int(self.bin_base[bin_id]) * _ENTRY
+        return (self.commit.index.name, start, start + int(self.bin_counts[bin_id]) * _ENTRY)
+
+    def bin_segment_ranges(self, bin_id: int) -> Iterator[ByteRange]:
+        """Whole-segment byte ranges of ``bin_id`` in this commit, in the order iterated."""
+        for ref in self.segments:
+            if ref.bin == bin_id:
+                yield (ref.name, 0, ref.size)
 
     def _remote_page(self, page: int) -> bytes:
         cached = self._pages.get(page)
@@ -160,6 +186,24 @@ class CommitReader:
         if len(self._pages) > self._page_capacity:
             self._pages.popitem(last=False)
         return data
+
+    def _fetch_pages(self, pages: list[int]) -> None:
+        """Read missing index pages all at once (concurrently) into the page cache."""
+        if len(pages) < 2:
+            return
+        self._check_remote_header()
+        name = self.commit.index.name
+        size = self.commit.index.size
+        starts = [_HEADER + page * INDEX_PAGE_ENTRIES * _ENTRY for page in pages]
+        ends = [min(start + INDEX_PAGE_ENTRIES * _ENTRY, size) for start in starts]
+        blobs = self.storage.read_ranges([name] * len(pages), starts, ends, self.concurrency)
+        capacity = max(self._page_capacity, len(pages))
+        for page, start, end, data in zip(pages, starts, ends, blobs):
+            if len(data) != end - start:
+                raise self._truncated_index()
+            self._pages[page] = data
+        while len(self._pages) > capacity:
+            self._pages.popitem(last=False)
 
     def _truncated_index(self) -> TruncatedDataError:
         where = self.storage.display(self.commit.index.name)
@@ -186,14 +230,18 @@ class CommitReader:
             return result
         pages, within = np.divmod(numbers, INDEX_PAGE_ENTRIES)
         out = np.empty(len(numbers), dtype=INDEX_ENTRY_DTYPE)
+        self._fetch_pages([p for p in np.unique(pages).tolist() if p not in self._pages])
         for page in np.unique(pages).tolist():
             picked = pages == page
             chunk = np.frombuffer(self._remote_page(page), INDEX_ENTRY_DTYPE)
             out[picked] = chunk[within[picked]]
         return out
 
-    def bin_entries(self, bin_id: int) -> NDArray[Any]:
-        """The index entries of ``bin_id`` in this commit, in written order (a copy)."""
+    def bin_entries(self, bin_id: int, fetch: Fetch | None = None) -> NDArray[Any]:
+        """The index entries of ``bin_id`` in this commit, in written order (a copy).
+
+        ``fetch(name, start, end)`` reads the bytes (default: the storage, directly).
+        """
         if bin_id >= self.bins:
             return np.empty(0, dtype=INDEX_ENTRY_DTYPE)
         first = int(self.bin_base[bin_id])
@@ -201,9 +249,9 @@ class CommitReader:
         if count == 0:
             return np.empty(0, dtype=INDEX_ENTRY_DTYPE)
         name = self.commit.index.name
-        self._check_remote_header()
+        self._check_remote_header(fetch)
         start = _HEADER + first * _ENTRY
-        data = self.storage.read_range(name, start, start + count * _ENTRY)
+        data = (fetch or self.storage.read_range)(name, start, start + count * _ENTRY)
         if len(data) != count * _ENTRY:
             raise self._truncated_index()
         entries = np.frombuffer(data, dtype=INDEX_ENTRY_DTYPE)

@@ -53,6 +53,7 @@ __all__ = [
     "RecordTooLargeError",
     "RecordTypeError",
     "SplitDataError",
+    "StorageError",
     "TruncatedDataError",
     "UncommittedDatasetError",
     "UnsafeDatasetError",
@@ -190,6 +191,15 @@ class RecordTooLargeError(SplitDataError, ValueError):
 
 class CommitConflictError(SplitDataError, RuntimeError):
     """Another writer committed to the dataset since this writer started."""
+
+
+class StorageError(SplitDataError, OSError):
+    """Reading or writing an object failed, after the filesystem's own retries.
+
+    Raised for transient failures that did not go away (throttling, server errors, reset
+    connections, timeouts, truncated responses); ``path`` names the object and the
+    original exception is the ``__cause__``.
+    """
 
 
 class ReadOnlyDatasetError(SplitDataError, PermissionError):

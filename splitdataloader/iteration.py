@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .commits import CommitReader, not_a_segment
+from .commits import ByteRange, CommitReader, Fetch, not_a_segment
 from .errors import TruncatedDataError
 from .format import SEGMENT_MAGIC
 
@@ -37,17 +37,40 @@ CHUNK_RECORDS = 1024
 WHOLE_READ_LIMIT = 64 << 20
 
 
-def bin_in_order(readers: Sequence[CommitReader], bin_id: int) -> Iterator[list[bytes]]:
-    """Chunks of the records of ``bin_id`` in written order, commit after commit."""
+def plan(readers: Sequence[CommitReader], bins: Iterable[int]) -> Iterator[ByteRange]:
+    """The byte ranges that iterating ``bins`` in this order reads (remote), in order:
+    the index headers first, then, bin by bin and commit by commit, the bin's index
+    entries and its whole segments."""
     for reader in readers:
-        entries = reader.bin_entries(bin_id)
+        header = reader.header_range()
+        if header is not None:
+            yield header
+    for bin_id in bins:
+        for reader in readers:
+            entries = reader.bin_entries_range(bin_id)
+            if entries is not None:
+                yield entries
+                yield from reader.bin_segment_ranges(bin_id)
+
+
+def bin_in_order(
+    readers: Sequence[CommitReader], bin_id: int, fetch: Fetch | None = None
+) -> Iterator[list[bytes]]:
+    """Chunks of the records of ``bin_id`` in written order, commit after commit.
+
+    ``fetch`` reads byte ranges on remote filesystems (default: the storage directly).
+    """
+    for reader in readers:
+        entries = reader.bin_entries(bin_id, fetch)
         if entries.size == 0:
             continue
         segment_ids = entries["segment"]
         cuts = np.flatnonzero(segment_ids[1:] != segment_ids[:-1]) + 1
         bounds = [0, *cuts.tolist(), len(entries)]
         for lo, hi in itertools.pairwise(bounds):
-            source = SegmentSource(reader, int(segment_ids[lo]), entries[lo:hi], sequential=True)
+            source = SegmentSource(
+                reader, int(segment_ids[lo]), entries[lo:hi], sequential=True, fetch=fetch
+            )
             try:
                 yield from source.chunks(bin_id, lo)
             finally:
@@ -55,7 +78,10 @@ def bin_in_order(readers: Sequence[CommitReader], bin_id: int) -> Iterator[list[
 
 
 def bin_shuffled(
-    readers: Sequence[CommitReader], bin_id: int, rng: np.random.Generator
+    readers: Sequence[CommitReader],
+    bin_id: int,
+    rng: np.random.Generator,
+    fetch: Fetch | None = None,
 ) -> Iterator[list[bytes]]:
     """Chunks of the records of ``bin_id`` in an order drawn from ``rng``."""
     sources: list[SegmentSource] = []
@@ -63,13 +89,15 @@ def bin_shuffled(
     positions: list[NDArray[Any]] = []
     try:
         for reader in readers:
-            entries = reader.bin_entries(bin_id)
+            entries = reader.bin_entries(bin_id, fetch)
             if entries.size == 0:
                 continue
             segment_ids = entries["segment"]
             for segment in np.unique(segment_ids).tolist():
                 where = np.flatnonzero(segment_ids == segment)
-                sources.append(SegmentSource(reader, segment, entries[where], sequential=False))
+                sources.append(
+                    SegmentSource(reader, segment, entries[where], sequential=False, fetch=fetch)
+                )
                 owners.append(np.full(len(where), len(sources) - 1, dtype=np.int64))
                 positions.append(where)
         if not sources:
@@ -126,7 +154,13 @@ class SegmentSource:
     """
 
     def __init__(
-        self, reader: CommitReader, segment: int, entries: NDArray[Any], *, sequential: bool
+        self,
+        reader: CommitReader,
+        segment: int,
+        entries: NDArray[Any],
+        *,
+        sequential: bool,
+        fetch: Fetch | None = None,
     ) -> None:
         self.reader = reader
         self.entries = entries
@@ -158,7 +192,7 @@ class SegmentSource:
             else:
                 self._buffer = storage.map_file(ref.name, ref.size)
         else:
-            self._buffer = storage.read_range(ref.name, 0, ref.size)
+            self._buffer = (fetch or storage.read_range)(ref.name, 0, ref.size)
         if len(self._buffer) < ref.size:
             actual = len(self._buffer)
             self.close()

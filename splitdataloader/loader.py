@@ -35,8 +35,9 @@ from .format import (
     Manifest,
     parse_manifest,
 )
-from .iteration import bin_in_order, bin_shuffled
+from .iteration import bin_in_order, bin_shuffled, plan
 from .legacy import LEGACY_INDEX_NAME, LegacyDataset
+from .readahead import DEFAULT_CONCURRENCY, DEFAULT_READ_AHEAD_BYTES, ReadAhead
 from .storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -73,6 +74,14 @@ class SplitDataLoader:
         never pickled into worker processes' logs or shown in errors.
     max_open_segments
         Upper bound on the segments kept memory-mapped or open for random access.
+    read_ahead_bytes
+        On remote filesystems, how many bytes bin-wise iteration fetches ahead of the
+        records it hands out (0 turns read-ahead off). Memory holds at most this much
+        plus the segment being consumed.
+    max_concurrency
+        On remote filesystems, the most requests in flight at once, for read-ahead and
+        for ``get_many``. On S3 the connection pool holds 64 connections unless
+        ``storage_options["config_kwargs"]["max_pool_connections"]`` says otherwise.
 
     Raises
     ------
@@ -93,7 +102,13 @@ class SplitDataLoader:
         max_open_segments: int = 512,
         keys: Mapping[str, bytes] | None = None,
         key_providers: Sequence[KeyProvider] | None = None,
+        read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        if type(read_ahead_bytes) is not int or read_ahead_bytes < 0:
+            raise ValueError(f"read_ahead_bytes must be an integer >= 0, not {read_ahead_bytes!r}")
+        if type(max_concurrency) is not int or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an integer >= 1, not {max_concurrency!r}")
         self._storage: Storage = open_storage(os.fspath(data_dir), storage_options)
         self._options: dict[str, Any] = {
             "storage_options": storage_options,
@@ -101,7 +116,11 @@ class SplitDataLoader:
             "max_open_segments": max_open_segments,
             "keys": keys,
             "key_providers": key_providers,
+            "read_ahead_bytes": read_ahead_bytes,
+            "max_concurrency": max_concurrency,
         }
+        self._read_ahead_bytes = read_ahead_bytes
+        self._max_concurrency = max_concurrency
         self._verify = verify
         self._handles = HandleCache(max_open_segments)
         self._legacy: LegacyDataset | None = None
@@ -128,6 +147,7 @@ class SplitDataLoader:
             reader = CommitReader(
                 self._storage, commit, first, hash_record, self._handles, decoder=decoder
             )
+            reader.concurrency = max_concurrency
             self._readers.append(reader)
             self._starts.append(first)
             first += commit.records
@@ -354,10 +374,23 @@ class SplitDataLoader:
         return itertools.chain.from_iterable(self._chunks(shuffle, seed))
 
     def _chunks(self, shuffle: bool, seed: int | None) -> Iterator[list[bytes]]:
-        if not shuffle:
-            for bin_id in range(self._bins):
-                yield from bin_in_order(self._readers, bin_id)
-            return
-        rng = np.random.default_rng(seed)
-        for bin_id in rng.permutation(self._bins).tolist():
-            yield from bin_shuffled(self._readers, bin_id, rng)
+        rng = np.random.default_rng(seed) if shuffle else None
+        bins = rng.permutation(self._bins).tolist() if rng is not None else range(self._bins)
+        read_ahead: ReadAhead | None = None
+        if not self._storage.is_local and self._read_ahead_bytes > 0:
+            read_ahead = ReadAhead(
+                self._storage,
+                plan(self._readers, bins),
+                max_bytes=self._read_ahead_bytes,
+                concurrency=self._max_concurrency,
+            )
+        fetch = read_ahead.read if read_ahead is not None else None
+        try:
+            for bin_id in bins:
+                if rng is None:
+                    yield from bin_in_order(self._readers, bin_id, fetch)
+                else:
+                    yield from bin_shuffled(self._readers, bin_id, rng, fetch)
+        finally:
+            if read_ahead is not None:
+                read_ahead.close()

@@ -15,18 +15,50 @@ import mmap
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from . import plugins
-from .errors import MissingDataFileError, TruncatedDataError
+from . import objectstore, plugins
+from .errors import (
+    ChecksumMismatchError,
+    CorruptDataError,
+    MissingDataFileError,
+    StorageError,
+    TruncatedDataError,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Storage", "StorageSpec", "open_storage"]
+__all__ = [
+    "DEFAULT_PART_SIZE",
+    "ManifestChangedError",
+    "ManifestVersion",
+    "Storage",
+    "StorageSpec",
+    "open_storage",
+]
+
+#: Bytes an object-store writer buffers per open file before it uploads them as one part
+#: of a multipart upload (S3's smallest part size): a writer holds at most this much per
+#: bin in memory, whatever the dataset size.
+DEFAULT_PART_SIZE = 5 << 20
+
+
+@dataclass(frozen=True)
+class ManifestVersion:
+    """Which version of the manifest a writer started from: its bytes and, on S3, its
+    ETag; ``raw is None`` when there was none."""
+
+    raw: bytes | None
+    etag: str | None = None
+
+
+class ManifestChangedError(Exception):
+    """The manifest is no longer the version a writer started from (internal signal)."""
 
 
 @dataclass(frozen=True)
@@ -83,32 +115,41 @@ class _LocalWriter:
 
 
 class _FsspecWriter:
-    """A file opened for writing through fsspec (object stores upload on close)."""
+    """A file opened for writing through fsspec.
 
-    def __init__(self, storage: Storage, path: str) -> None:
+    Object stores buffer up to ``part_size`` bytes, then upload them as one part of a
+    multipart upload; ``close`` completes the upload (a single PUT for small files).
+    """
+
+    def __init__(self, storage: Storage, name: str, part_size: int) -> None:
         self._storage = storage
-        self._path = path
-        self._file: Any = storage.fs.open(path, "wb")
+        self._name = name
+        self._path = storage.path(name)
+        with storage.failures(name, "opening"):
+            self._file: Any = storage.fs.open(self._path, "wb", block_size=part_size)
 
     def write(self, data: Any) -> int | None:
-        result: int | None = self._file.write(data)
+        with self._storage.failures(self._name, "writing"):
+            result: int | None = self._file.write(data)
         return result
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with self._storage.failures(self._name, "uploading"):
+                file.close()
 
     def discard(self) -> None:
-        if self._file is not None:
+        file, self._file = self._file, None
+        if file is not None:
             with contextlib.suppress(Exception):
-                if hasattr(self._file, "discard"):
-                    self._file.discard()
+                if hasattr(file, "discard"):
+                    file.discard()  # drops the buffer, aborts a multipart upload
+                    # A discarded buffered file must not flush again when collected.
+                    file.closed = True
                 else:
-                    self._file.close()
-            self._file = None
-        with contextlib.suppress(FileNotFoundError):
-            self._storage.fs.rm_file(self._path)
+                    file.close()
+        self._storage.remove([self._name])
 
 
 class Storage:
@@ -125,16 +166,24 @@ class Storage:
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         if not isinstance(url, (str, os.PathLike)):
             raise TypeError(f"dataset location must be a str or path, not {type(url).__name__}")
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"storage_options must be a dict, not {type(options).__name__}")
         self.spec = StorageSpec(os.fspath(url), dict(options or {}))
         scheme = url_scheme(self.spec.url)
         factory = plugins.backend_factory(scheme) if scheme else None
         if factory is not None:
             fs, root = factory(self.spec.url, dict(self.spec.options))
         else:
-            fs, root = fsspec.core.url_to_fs(self.spec.url, **self.spec.options)
+            fs_options = self.spec.options
+            if scheme in ("s3", "s3a"):
+                fs_options = objectstore.with_s3_defaults(fs_options)
+            fs, root = fsspec.core.url_to_fs(self.spec.url, **fs_options)
         self.fs: Any = fs
         self.root: str = root.rstrip("/") if root not in ("/", "") else root
         self.is_local = isinstance(fs, LocalFileSystem)
+        #: True when reads go through a local cache of another filesystem.
+        self.is_cache = scheme in objectstore.CACHE_PROTOCOLS
+        self.is_s3 = objectstore.is_s3(fs)
 
     def __repr__(self) -> str:
         return f"Storage({self.spec.url!r})"
@@ -154,16 +203,53 @@ class Storage:
 
     # -- reads
 
+    @contextlib.contextmanager
+    def failures(self, name: str, action: str) -> Iterator[None]:
+        """Turn a failed remote call on ``name`` into a :class:`StorageError` naming it.
+
+        ``FileNotFoundError`` and the library's own errors pass through for the caller.
+        """
+        try:
+            yield
+        except (
+            FileNotFoundError,
+            StorageError,
+            CorruptDataError,
+            objectstore.PreconditionFailedError,
+        ):
+            raise
+        except Exception as err:
+            raise self.failed(name, action, err) from err
+
+    def failed(
+        self, name: str, action: str, error: BaseException
+    ) -> StorageError | CorruptDataError:
+        """The error for ``action`` on ``name`` failing with ``error``, naming the object.
+
+        A response that the client's own integrity check rejected (botocore's
+        ``FlexibleChecksumError``) is corrupt data, not an unreachable object.
+        """
+        where = self.display(name)
+        detail = str(error) or type(error).__name__
+        if type(error).__name__ == "FlexibleChecksumError":
+            return ChecksumMismatchError(
+                f"{action} {where}: the response does not match its checksum ({detail})",
+                path=where,
+            )
+        return StorageError(f"{action} {where} failed: {detail}", path=where)
+
     def exists(self, name: str) -> bool:
         if self.is_local:
             return os.path.exists(self.path(name))
-        return bool(self.fs.exists(self.path(name)))
+        with self.failures(name, "checking"):
+            return bool(self.fs.exists(self.path(name)))
 
     def root_exists(self) -> bool:
         if self.is_local:
             return os.path.isdir(self.root)
         try:
-            return bool(self.fs.exists(self.root)) or bool(self.fs.isdir(self.root))
+            with self.failures("", "checking"):
+                return bool(self.fs.exists(self.root)) or bool(self.fs.isdir(self.root))
         except FileNotFoundError:
             return False
 
@@ -171,7 +257,8 @@ class Storage:
         try:
             if self.is_local:
                 return os.stat(self.path(name)).st_size
-            return int(self.fs.size(self.path(name)))
+            with self.failures(name, "checking the size of"):
+                return int(self.fs.size(self.path(name)))
         except FileNotFoundError as err:
             raise self.missing(name) from err
 
@@ -183,11 +270,37 @@ class Storage:
                 if max_size is None:
                     return handle.read()
                 return handle.read(max_size + 1)
-        if max_size is not None:
-            data: bytes = self.fs.cat_file(path, start=0, end=max_size + 1)
-            return data
-        whole: bytes = self.fs.cat_file(path)
-        return whole
+        with self.failures(name, "reading"):
+            if max_size is not None:
+                return self._cat_range(path, 0, max_size + 1)
+            whole: bytes = self.fs.cat_file(path)
+            return whole
+
+    def _cat_range(self, path: str, start: int, end: int) -> bytes:
+        if end <= start:  # an empty range: S3 would answer an invalid one with everything
+            return b""
+        try:
+            data: bytes = self.fs.cat_file(path, start=start, end=end)
+        except OSError as err:
+            if objectstore.http_status(err) == 416:  # the range starts past the end
+                return b""
+            raise
+        return data
+
+    def read_manifest(self, name: str, max_size: int) -> tuple[bytes | None, ManifestVersion]:
+        """The manifest's bytes (``None`` if there is none) and the version they are."""
+        if not self.is_s3:
+            try:
+                raw = self.read_file(name, max_size)
+            except FileNotFoundError:
+                return None, ManifestVersion(None)
+            return raw, ManifestVersion(raw)
+        try:
+            with self.failures(name, "reading"):
+                raw, etag = objectstore.read_with_etag(self.fs, self.path(name))
+        except FileNotFoundError:
+            return None, ManifestVersion(None)
+        return raw, ManifestVersion(raw, etag)
 
     def read_range(self, name: str, start: int, end: int) -> bytes:
         """Read bytes ``[start, end)`` of ``name``; a short result means the file is short."""
@@ -195,23 +308,56 @@ class Storage:
             if self.is_local:
                 with open(self.path(name), "rb", buffering=0) as handle:
                     return os.pread(handle.fileno(), end - start, start)
-            data: bytes = self.fs.cat_file(self.path(name), start=start, end=end)
-            return data
+            return self._cat_range(self.path(name), start, end)
         except FileNotFoundError as err:
             raise self.missing(name) from err
+        except StorageError:
+            raise
+        except Exception as err:
+            raise self.failed(name, f"reading bytes {start}-{end} of", err) from err
 
     def read_ranges(
-        self, names: Sequence[str], starts: Sequence[int], ends: Sequence[int]
+        self,
+        names: Sequence[str],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        concurrency: int | None = None,
     ) -> list[bytes]:
-        """Read many ranges concurrently where the filesystem allows (``cat_ranges``)."""
+        """Read many ranges, up to ``concurrency`` at once where the filesystem allows
+        (``cat_ranges``); a short result means the file is short."""
+        if any(end <= start for start, end in zip(starts, ends)):
+            wanted = [k for k, (start, end) in enumerate(zip(starts, ends)) if end > start]
+            found = (
+                self.read_ranges(
+                    [names[k] for k in wanted],
+                    [starts[k] for k in wanted],
+                    [ends[k] for k in wanted],
+                    concurrency,
+                )
+                if wanted
+                else []
+            )
+            filled = [b""] * len(names)
+            for k, data in zip(wanted, found):
+                filled[k] = data
+            return filled
         paths = [self.path(name) for name in names]
-        results = self.fs.cat_ranges(paths, list(starts), list(ends), on_error="return")
+        options: dict[str, Any] = {"on_error": "return"}
+        if concurrency is not None and getattr(self.fs, "async_impl", False):
+            options["batch_size"] = concurrency
+        try:
+            results = self.fs.cat_ranges(paths, list(starts), list(ends), **options)
+        except Exception as err:
+            raise self.failed(names[0], "reading", err) from err
         out: list[bytes] = []
-        for name, result in zip(names, results):
+        for name, start, end, result in zip(names, starts, ends, results):
             if isinstance(result, FileNotFoundError):
                 raise self.missing(name) from result
             if isinstance(result, BaseException):
-                raise result
+                if objectstore.http_status(result) == 416:
+                    out.append(b"")
+                    continue
+                raise self.failed(name, f"reading bytes {start}-{end} of", result) from result
             out.append(result)
         return out
 
@@ -249,7 +395,9 @@ class Storage:
         try:
             if self.is_local:
                 return [f"{directory}/{entry}" for entry in sorted(os.listdir(base))]
-            listed = self.fs.ls(base, detail=False)
+            with self.failures(directory, "listing"):
+                self.fs.invalidate_cache(base)
+                listed = self.fs.ls(base, detail=False)
         except (FileNotFoundError, NotADirectoryError):
             return []
         prefix = base.rstrip("/") + "/"
@@ -260,6 +408,8 @@ class Storage:
     # -- writes
 
     def makedirs(self, *directories: str) -> None:
+        if self.is_s3:  # an object store has no folders to create
+            return
         for directory in directories:
             path = self.path(directory) if directory else self.root
             if self.is_local:
@@ -268,15 +418,61 @@ class Storage:
                 with contextlib.suppress(FileExistsError):
                     self.fs.makedirs(path, exist_ok=True)
 
-    def open_writer(self, name: str, durable: bool) -> Writable:
+    def open_writer(self, name: str, durable: bool, part_size: int = DEFAULT_PART_SIZE) -> Writable:
         if self.is_local:
             return _LocalWriter(self.path(name), durable)
-        return _FsspecWriter(self, self.path(name))
+        return _FsspecWriter(self, name, part_size)
+
+    def close_writers(self, writers: Sequence[Writable], concurrency: int = 16) -> None:
+        """Close (complete the uploads of) many files, concurrently on remote storage."""
+        if self.is_local or len(writers) < 2:
+            for writer in writers:
+                writer.close()
+            return
+        with ThreadPoolExecutor(
+            min(concurrency, len(writers)), thread_name_prefix="splitdataloader-upload"
+        ) as pool:
+            for future in [pool.submit(writer.close) for writer in writers]:
+                future.result()
+
+    def commit_manifest(
+        self, name: str, data: bytes, expected: ManifestVersion, durable: bool
+    ) -> ManifestVersion:
+        """Replace the manifest with ``data`` if it is still the ``expected`` version.
+
+        On S3 this is one conditional PUT (``If-Match`` the expected ETag, or
+        ``If-None-Match: *`` for a new dataset), so that of two writers committing at
+        once exactly one wins. On local disk a lock serialises the check and the
+        replacement. Elsewhere the check and the write are two steps. Returns the
+        version now current (what the writer's next commit must find).
+
+        Raises
+        ------
+        ManifestChangedError
+            If another writer replaced the manifest since ``expected`` was read.
+        """
+        if self.is_s3 and (expected.raw is None or expected.etag is not None):
+            try:
+                with self.failures(name, "committing"):
+                    etag = objectstore.put_if(self.fs, self.path(name), data, expected.etag)
+            except objectstore.PreconditionFailedError as err:
+                raise ManifestChangedError(self.display(name)) from err
+            return ManifestVersion(data, etag)
+        with self.commit_lock():
+            try:
+                current = self.read_file(name, len(expected.raw or b""))
+            except FileNotFoundError:
+                current = None
+            if current != expected.raw:
+                raise ManifestChangedError(self.display(name))
+            self.replace_file(name, data, durable)
+        return ManifestVersion(data)
 
     def replace_file(self, name: str, data: bytes, durable: bool) -> None:
         """Write ``name`` in one atomic step: readers see the old or the new bytes, never a mix."""
         if not self.is_local:
-            self.fs.pipe_file(self.path(name), data)
+            with self.failures(name, "writing"):
+                self.fs.pipe_file(self.path(name), data)
             return
         target = self.path(name)
         temporary = f"{target}.tmp-{uuid.uuid4().hex}"

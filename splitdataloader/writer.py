@@ -66,7 +66,7 @@ from .format import (
 )
 from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
 from .records import as_byte_view
-from .storage import Storage, Writable, open_storage
+from .storage import ManifestChangedError, ManifestVersion, Storage, Writable, open_storage
 
 if TYPE_CHECKING:
     from .codecs import KeyProvider
@@ -166,14 +166,21 @@ class SplitWriter:
         if type(max_segment_bytes) is not int or max_segment_bytes < 1024:
             raise ValueError("max_segment_bytes must be an integer >= 1024")
         self._storage: Storage = open_storage(os.fspath(target_dir), storage_options)
+        if self._storage.is_cache:
+            raise ReadOnlyDatasetError(
+                f"{self._storage.spec.url} reads through a local cache, which never writes "
+                f"to its source: write to the source URL instead",
+                path=self._storage.spec.url,
+            )
         self._durable = durable
         self._start_clean = start_clean
         self._max_segment_bytes = max_segment_bytes
         self._session = secrets.token_hex(8)
         self._closed = False
 
-        self._base_raw, base = self._read_base()
-        if self._base_raw is None and self._storage.exists(LEGACY_INDEX_NAME) and not start_clean:
+        self._base_version, base = self._read_base()
+        legacy = self._base_version.raw is None and self._storage.exists(LEGACY_INDEX_NAME)
+        if legacy and not start_clean:
             raise ReadOnlyDatasetError(
                 f"{self._storage.spec.url} is a splitdataloader 0.0.1 dataset; it opens "
                 f"read-only. Convert it first (splitdataloader.convert_legacy) or pass "
@@ -216,16 +223,15 @@ class SplitWriter:
 
     # ------------------------------------------------------------------ state
 
-    def _read_base(self) -> tuple[bytes | None, Manifest | None]:
+    def _read_base(self) -> tuple[ManifestVersion, Manifest | None]:
+        raw, version = self._storage.read_manifest(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+        if raw is None:
+            return version, None
         try:
-            raw = self._storage.read_file(MANIFEST_NAME, MAX_MANIFEST_BYTES)
-        except FileNotFoundError:
-            return None, None
-        try:
-            return raw, parse_manifest(raw, self._storage.display(MANIFEST_NAME))
+            return version, parse_manifest(raw, self._storage.display(MANIFEST_NAME))
         except DatasetFormatError:
             if self._start_clean:
-                return raw, None
+                return version, None
             raise
 
     def _reset_commit_state(self) -> None:
@@ -494,20 +500,17 @@ class SplitWriter:
         if commit is not None:
             storage.sync_directories(DATA_DIR, INDEX_DIR)
         storage.makedirs("")
-        with storage.commit_lock():
-            try:
-                current = storage.read_file(MANIFEST_NAME, MAX_MANIFEST_BYTES)
-            except FileNotFoundError:
-                current = None
-            if current != self._base_raw:
-                raise CommitConflictError(
-                    f"another writer committed to {self.url} after this writer started; "
-                    f"this writer's {self._commit_records} uncommitted records were "
-                    f"discarded: reopen the dataset and write them again",
-                    path=storage.display(MANIFEST_NAME),
-                )
-            storage.replace_file(MANIFEST_NAME, data, self._durable)
-        self._base_raw = data
+        try:
+            self._base_version = storage.commit_manifest(
+                MANIFEST_NAME, data, self._base_version, self._durable
+            )
+        except ManifestChangedError as err:
+            raise CommitConflictError(
+                f"another writer committed to {self.url} after this writer started; "
+                f"this writer's {self._commit_records} uncommitted records were "
+                f"discarded: reopen the dataset and write them again",
+                path=storage.display(MANIFEST_NAME),
+            ) from err
         self._base = manifest
         self._committed_resources.update(fresh_resources)
         if self._replaced is not None or self._start_clean:
@@ -522,10 +525,10 @@ class SplitWriter:
         for bin_id in range(self._bins):
             if self._current[bin_id] >= 0:
                 self._flush(bin_id)
+        open_writers = [s.writer for s in self._segments if s.writer is not None]
+        self._storage.close_writers(open_writers)
         for segment in self._segments:
-            if segment.writer is not None:
-                segment.writer.close()
-                segment.writer = None
+            segment.writer = None
         index_name = f"{INDEX_DIR}/{self._session}-c{self._commit_number:04d}.idx"
         writer = self._storage.open_writer(index_name, self._durable)
         try:

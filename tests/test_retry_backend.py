@@ -21,6 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from splitdataloader_backends.retry import RetryFileSystem, RetryPolicy, is_transient
 
 from splitdataloader import SplitDataLoader, plugins, write_split_data
+from splitdataloader.errors import StorageError
 from splitdataloader.storage import open_storage
 from splitdataloader.testing import BackendTests
 
@@ -142,8 +143,10 @@ def test_too_many_faults_raise_the_last_error(flaky: type[FlakyMemoryFileSystem]
     _write("memory://too-many")
     flaky.plan(5, TimeoutError)
     options = {"retry": {"attempts": 5, "backoff": 0}}
-    with pytest.raises(TimeoutError, match="injected fault"):
+    with pytest.raises(StorageError, match="injected fault") as raised:
         SplitDataLoader("retry+flakymem://too-many", storage_options=options)
+    assert isinstance(raised.value.__cause__, TimeoutError)
+    assert raised.value.path == "retry+flakymem://too-many/manifest.json"
     assert flaky.failures == 0
     flaky.plan(4, TimeoutError)
     with SplitDataLoader("retry+flakymem://too-many", storage_options=options) as loader:

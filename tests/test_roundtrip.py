@@ -519,6 +519,8 @@ def test_commit_with_more_records_than_the_writer_keeps_in_memory(dataset_url: s
             records[k] for b in range(3) for k in range(b, count, 3)
         ]
         sample = range(0, count, 97)
-        assert [loader[k] for k in sample] == [records[k] for k in sample]
+        assert loader.get_many(sample) == [records[k] for k in sample]
+        one_by_one = range(0, count, 40_009)
+        assert [loader[k] for k in one_by_one] == [records[k] for k in one_by_one]
         around_spill = range(349_000, 350_500)
         assert loader.get_many(around_spill) == records[349_000:350_500]

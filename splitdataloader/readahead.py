@@ -1,0 +1,194 @@
+"""Read-ahead: fetch the byte ranges an iteration will ask for next, while it consumes.
+
+A :class:`ReadAhead` is given the plan of an iteration (the ordered byte ranges it is
+going to read: index ranges and whole segments) and keeps the next ones in flight,
+up to a budget of bytes and a number of concurrent requests. The consumer calls
+:meth:`ReadAhead.read` with the range it needs; it gets the prefetched bytes (waiting
+only if they have not arrived yet), and the window moves on. A range that is not the
+next planned one is read directly, so a plan that is wrong costs speed, never
+correctness.
+
+Ranges larger than a part are fetched as several parts concurrently. On asynchronous
+filesystems (s3fs and other fsspec ``AsyncFileSystem``) requests run as coroutines on
+the filesystem's own event loop; on the others, in a small thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from . import objectstore
+
+if TYPE_CHECKING:
+    from .storage import Storage
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_READ_AHEAD_BYTES",
+    "PART_BYTES",
+    "ByteRange",
+    "ReadAhead",
+]
+
+#: Bytes of planned reads kept in flight or waiting to be consumed.
+DEFAULT_READ_AHEAD_BYTES = 64 << 20
+#: Requests in flight at once.
+DEFAULT_CONCURRENCY = 16
+#: Ranges larger than this are fetched as parts of this size, concurrently.
+PART_BYTES = 8 << 20
+
+ByteRange = tuple[str, int, int]  # name relative to the dataset root, start, end
+
+
+class _Pending:
+    __slots__ = ("futures", "key", "size")
+
+    def __init__(self, key: ByteRange, futures: list[Future[bytes]]) -> None:
+        self.key = key
+        self.futures = futures
+        self.size = key[2] - key[1]
+
+
+class ReadAhead:
+    """Prefetches the ranges of ``plan`` in order, within a budget.
+
+    Parameters
+    ----------
+    storage
+        Where the ranges are read from.
+    plan
+        The ranges the consumer will ask for, in the order it will ask (lazily consumed).
+    max_bytes
+        Most bytes requested ahead of the consumer (at least one range is always in
+        flight, however large).
+    concurrency
+        Most requests in flight at once.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        plan: Iterable[ByteRange],
+        *,
+        max_bytes: int = DEFAULT_READ_AHEAD_BYTES,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self._storage = storage
+        self._plan: Iterator[ByteRange] | None = iter(plan)
+        self._max_bytes = max_bytes
+        self._concurrency = max(1, concurrency)
+        self._queue: deque[_Pending] = deque()
+        self._ahead = 0
+        self._requests = 0
+        fs = storage.fs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        if getattr(fs, "async_impl", False) and getattr(fs, "loop", None) is not None:
+            self._loop = fs.loop
+        else:
+            self._pool = ThreadPoolExecutor(
+                self._concurrency, thread_name_prefix="splitdataloader-readahead"
+            )
+
+    # ------------------------------------------------------------------ fetching
+
+    def _submit(self, path: str, start: int, end: int) -> Future[bytes]:
+        fs = self._storage.fs
+        if self._loop is not None:
+            coroutine = fs._cat_file(path, start=start, end=end)
+            return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        assert self._pool is not None  # one of the two is set at construction
+        return self._pool.submit(fs.cat_file, path, start=start, end=end)
+
+    def _fill(self) -> None:
+        while self._plan is not None and (
+            not self._queue
+            or (self._ahead < self._max_bytes and self._requests < self._concurrency)
+        ):
+            key = next(self._plan, None)
+            if key is None:
+                self._plan = None
+                return
+            name, start, end = key
+            path = self._storage.path(name)
+            futures = [
+                self._submit(path, lo, min(lo + PART_BYTES, end))
+                for lo in range(start, end, PART_BYTES)
+            ] or [self._done(b"")]
+            self._queue.append(_Pending(key, futures))
+            self._ahead += end - start
+            self._requests += len(futures)
+
+    @staticmethod
+    def _done(data: bytes) -> Future[bytes]:
+        future: Future[bytes] = Future()
+        future.set_result(data)
+        return future
+
+    def _collect(self, pending: _Pending) -> bytes:
+        name, start, end = pending.key
+        parts: list[bytes] = []
+        for k, future in enumerate(pending.futures):
+            lo = start + k * PART_BYTES
+            try:
+                parts.append(future.result())
+            except FileNotFoundError as err:
+                raise self._storage.missing(name) from err
+            except Exception as err:
+                if objectstore.http_status(err) == 416:
+                    parts.append(b"")
+                    continue
+                raise self._storage.failed(
+                    name, f"reading bytes {lo}-{min(lo + PART_BYTES, end)} of", err
+                ) from err
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    # ------------------------------------------------------------------ consuming
+
+    def read(self, name: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of ``name``: prefetched when planned, else read now."""
+        self._fill()
+        key = (name, start, end)
+        if not any(pending.key == key for pending in self._queue):
+            return self._storage.read_range(name, start, end)
+        while True:
+            pending = self._queue.popleft()
+            self._ahead -= pending.size
+            self._requests -= len(pending.futures)
+            if pending.key == key:
+                break
+            self._cancel(pending)
+        self._fill()
+        return self._collect(pending)
+
+    # ------------------------------------------------------------------ cleanup
+
+    @staticmethod
+    def _cancel(pending: _Pending) -> None:
+        for future in pending.futures:
+            future.cancel()
+
+    def close(self) -> None:
+        """Cancel everything still in flight and release the threads."""
+        self._plan = None
+        while self._queue:
+            self._cancel(self._queue.popleft())
+        self._ahead = self._requests = 0
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
