@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     from .storage import Storage
 
 #: Neighbouring ranges of one segment closer than this are fetched in one read: on local
-#: disk a read costs about as much as copying a few KiB, on a remote store as much as
-#: transferring hundreds of KiB.
+#: disk a read costs about as much as copying a few KiB; on a remote store a request
+#: costs as much as transferring hundreds of KiB, but the reads run concurrently and
+#: every byte fetched is paid for, so the gap stays well below that.
 LOCAL_COALESCE_GAP = 8 * 1024
-REMOTE_COALESCE_GAP = 256 * 1024
+REMOTE_COALESCE_GAP = 64 * 1024
 #: A coalesced read never grows past this many bytes.
 MAX_COALESCED = 16 << 20
 

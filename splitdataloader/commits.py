@@ -157,6 +157,10 @@ class CommitReader:
             return None
         return (self.commit.index.name, 0, _HEADER)
 
+    def index_range(self) -> ByteRange:
+        """The byte range of the whole index part."""
+        return (self.commit.index.name, 0, self.commit.index.size)
+
     def bin_entries_range(self, bin_id: int) -> ByteRange | None:
         """The byte range of the index part holding ``bin_id``'s entries (None if empty)."""
         if bin_id >= self.bins or self.bin_counts[bin_id] == 0:
@@ -178,8 +182,13 @@ class CommitReader:
         name = self.commit.index.name
         start = _HEADER + page * INDEX_PAGE_ENTRIES * _ENTRY
         end = min(start + INDEX_PAGE_ENTRIES * _ENTRY, self.commit.index.size)
-        self._check_remote_header()
-        data = self.storage.read_range(name, start, end)
+        if self._index_checked:
+            data = self.storage.read_range(name, start, end)
+        else:
+            # The header is checked before any entry is trusted; both in one round trip.
+            header, data = self.storage.read_ranges([name, name], [0, start], [_HEADER, end])
+            check_index_header(header, self.records, self.storage.display(name))
+            self._index_checked = True
         if len(data) != end - start:
             raise self._truncated_index()
         self._pages[page] = data

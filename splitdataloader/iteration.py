@@ -37,20 +37,38 @@ CHUNK_RECORDS = 1024
 WHOLE_READ_LIMIT = 64 << 20
 
 
-def plan(readers: Sequence[CommitReader], bins: Iterable[int]) -> Iterator[ByteRange]:
+def plan(
+    readers: Sequence[CommitReader], bins: Iterable[int], whole_index_budget: int
+) -> Iterator[ByteRange]:
     """The byte ranges that iterating ``bins`` in this order reads (remote), in order:
-    the index headers first, then, bin by bin and commit by commit, the bin's index
-    entries and its whole segments."""
-    for reader in readers:
-        header = reader.header_range()
-        if header is not None:
-            yield header
+    bin by bin and commit by commit, the bin's index entries and its whole segments.
+
+    A commit's index part is fetched whole the first time it is needed while the sizes
+    of the parts fetched whole stay within ``whole_index_budget`` (the later look-ups
+    are slices of it: one request per commit instead of one per bin); otherwise its
+    header, then each bin's range of entries.
+    """
+    whole: set[int] = set()
+    seen: set[int] = set()
     for bin_id in bins:
-        for reader in readers:
+        for k, reader in enumerate(readers):
             entries = reader.bin_entries_range(bin_id)
-            if entries is not None:
+            if entries is None:
+                continue
+            if k not in seen:
+                seen.add(k)
+                index = reader.index_range()
+                if index[2] <= whole_index_budget:
+                    whole_index_budget -= index[2]
+                    whole.add(k)
+                    yield index
+                else:
+                    header = reader.header_range()
+                    if header is not None:
+                        yield header
+            if k not in whole:
                 yield entries
-                yield from reader.bin_segment_ranges(bin_id)
+            yield from reader.bin_segment_ranges(bin_id)
 
 
 def bin_in_order(

@@ -380,7 +380,7 @@ class SplitDataLoader:
         if not self._storage.is_local and self._read_ahead_bytes > 0:
             read_ahead = ReadAhead(
                 self._storage,
-                plan(self._readers, bins),
+                plan(self._readers, bins, self._read_ahead_bytes),
                 max_bytes=self._read_ahead_bytes,
                 concurrency=self._max_concurrency,
             )

@@ -4,9 +4,10 @@ A :class:`ReadAhead` is given the plan of an iteration (the ordered byte ranges 
 going to read: index ranges and whole segments) and keeps the next ones in flight,
 up to a budget of bytes and a number of concurrent requests. The consumer calls
 :meth:`ReadAhead.read` with the range it needs; it gets the prefetched bytes (waiting
-only if they have not arrived yet), and the window moves on. A range that is not the
-next planned one is read directly, so a plan that is wrong costs speed, never
-correctness.
+only if they have not arrived yet), and the window moves on. A planned range that the
+consumer reads in pieces (a whole index part, looked up bin by bin) stays resident
+until the read-ahead closes. A range that no planned one covers is read directly, so a
+plan that is wrong costs speed, never correctness.
 
 Ranges larger than a part are fetched as several parts concurrently. On asynchronous
 filesystems (s3fs and other fsspec ``AsyncFileSystem``) requests run as coroutines on
@@ -83,6 +84,7 @@ class ReadAhead:
         self._max_bytes = max_bytes
         self._concurrency = max(1, concurrency)
         self._queue: deque[_Pending] = deque()
+        self._resident: dict[str, tuple[int, bytes]] = {}
         self._ahead = 0
         self._requests = 0
         fs = storage.fs
@@ -152,19 +154,37 @@ class ReadAhead:
 
     def read(self, name: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of ``name``: prefetched when planned, else read now."""
+        resident = self._resident.get(name)
+        if resident is not None:
+            base, data = resident
+            if base <= start and end - base <= len(data):
+                return data[start - base : end - base]
         self._fill()
-        key = (name, start, end)
-        if not any(pending.key == key for pending in self._queue):
-            return self._storage.read_range(name, start, end)
-        while True:
-            pending = self._queue.popleft()
-            self._ahead -= pending.size
-            self._requests -= len(pending.futures)
-            if pending.key == key:
+        found = -1
+        for k, pending in enumerate(self._queue):
+            other, lo, hi = pending.key
+            if other == name and lo <= start and end <= hi:
+                found = k
                 break
-            self._cancel(pending)
+        if found < 0:
+            return self._storage.read_range(name, start, end)
+        for _ in range(found):  # planned ranges the consumer skipped
+            self._release(self._queue.popleft(), cancel=True)
+        pending = self._queue.popleft()
+        self._release(pending, cancel=False)
         self._fill()
-        return self._collect(pending)
+        data = self._collect(pending)
+        if pending.key == (name, start, end):
+            return data
+        base = pending.key[1]
+        self._resident[name] = (base, data)
+        return data[start - base : end - base]
+
+    def _release(self, pending: _Pending, *, cancel: bool) -> None:
+        self._ahead -= pending.size
+        self._requests -= len(pending.futures)
+        if cancel:
+            self._cancel(pending)
 
     # ------------------------------------------------------------------ cleanup
 
@@ -176,6 +196,7 @@ class ReadAhead:
     def close(self) -> None:
         """Cancel everything still in flight and release the threads."""
         self._plan = None
+        self._resident.clear()
         while self._queue:
             self._cancel(self._queue.popleft())
         self._ahead = self._requests = 0
