@@ -170,20 +170,33 @@ class Storage:
             raise TypeError(f"storage_options must be a dict, not {type(options).__name__}")
         self.spec = StorageSpec(os.fspath(url), dict(options or {}))
         scheme = url_scheme(self.spec.url)
-        factory = plugins.backend_factory(scheme) if scheme else None
-        if factory is not None:
-            fs, root = factory(self.spec.url, dict(self.spec.options))
-        else:
-            fs_options = self.spec.options
-            if scheme in ("s3", "s3a"):
-                fs_options = objectstore.with_s3_defaults(fs_options)
-            fs, root = fsspec.core.url_to_fs(self.spec.url, **fs_options)
-        self.fs: Any = fs
+        fs, root = self._resolve(scheme)
+        self._fs: Any = fs
+        self._pid = os.getpid()
         self.root: str = root.rstrip("/") if root not in ("/", "") else root
         self.is_local = isinstance(fs, LocalFileSystem)
         #: True when reads go through a local cache of another filesystem.
         self.is_cache = scheme in objectstore.CACHE_PROTOCOLS
         self.is_s3 = objectstore.is_s3(fs)
+
+    def _resolve(self, scheme: str | None) -> tuple[Any, str]:
+        factory = plugins.backend_factory(scheme) if scheme else None
+        if factory is not None:
+            return factory(self.spec.url, dict(self.spec.options))
+        fs_options = self.spec.options
+        if scheme in ("s3", "s3a"):
+            fs_options = objectstore.with_s3_defaults(fs_options)
+        resolved: tuple[Any, str] = fsspec.core.url_to_fs(self.spec.url, **fs_options)
+        return resolved
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem, rebuilt once in a forked child: clients such as s3fs
+        hold an event loop and connections that must not be shared across a fork."""
+        if self._pid != os.getpid():
+            self._fs, _ = self._resolve(url_scheme(self.spec.url))
+            self._pid = os.getpid()
+        return self._fs
 
     def __repr__(self) -> str:
         return f"Storage({self.spec.url!r})"

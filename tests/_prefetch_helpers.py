@@ -137,3 +137,9 @@ def batches(path: str, batch_size: int) -> Iterator[list[bytes]]:
             batch = []
     if batch:
         yield batch
+
+
+def loader_records(loader: SplitDataLoader) -> Iterator[bytes]:
+    """One record by index, then every record bin-wise: both read paths, in the worker."""
+    yield loader[1]
+    yield from loader.iterate_binwise()

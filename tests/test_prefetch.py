@@ -8,14 +8,16 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
 import _prefetch_helpers as helpers
 import pytest
+from conftest import S3_BUCKET
 
-from splitdataloader import MpQItr, write_split_data
+from splitdataloader import MpQItr, SplitDataLoader, write_split_data
 from splitdataloader.errors import SplitDataError
 from splitdataloader.prefetch import WorkerDiedError, WorkerError
 
@@ -353,3 +355,17 @@ def test_worker_errors_pickle_with_their_attributes() -> None:
     )
     assert isinstance(copy, SplitDataError)
     assert isinstance(copy, ChildProcessError)
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_loader_on_s3_reads_in_a_worker_process(method: str, s3_server: object) -> None:
+    # The parent's S3 client is in use before the worker starts: a forked child must
+    # build its own (s3fs refuses to run in a fork), spawn and forkserver unpickle one.
+    url = f"s3://{S3_BUCKET}/t-{uuid.uuid4().hex}"
+    records = [bytes([k]) * (k + 1) for k in range(40)]
+    write_split_data(url, records, 3)
+    with SplitDataLoader(url) as loader:
+        assert loader[0] == records[0]
+        expected = [records[1], *loader.iterate_binwise()]
+        it = MpQItr[bytes].with_options(start_method=method)(helpers.loader_records, loader)
+        assert list(it) == expected
