@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import CorruptDataError, MissingDataFileError, TruncatedDataError
+from .readahead import DEFAULT_CONCURRENCY, ReadAhead
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -79,6 +80,37 @@ class LegacyDataset:
         bin_id, position, length = self._triplet(index)
         name = legacy_bin_name(bin_id)
         data = self._storage.read_range(name, position, position + _SIZE.size + length)
+        return self._packet(index, name, position, length, data)
+
+    def get_many(self, indices: list[int], concurrency: int = DEFAULT_CONCURRENCY) -> list[bytes]:
+        """Records at ``indices`` (already range-checked); remote reads run concurrently."""
+        if self._storage.is_local or not indices:
+            return [self.get(index) for index in indices]
+        read_ranges = self._storage.read_ranges
+        size = _TRIPLET.size
+        triplets = read_ranges(
+            [LEGACY_INDEX_NAME] * len(indices),
+            [index * size for index in indices],
+            [index * size + size for index in indices],
+            concurrency,
+        )
+        where = self._storage.display(LEGACY_INDEX_NAME)
+        if any(len(triplet) != size for triplet in triplets):
+            raise TruncatedDataError(f"{where} is shorter than its records", path=where)
+        located = [_TRIPLET.unpack(triplet) for triplet in triplets]
+        names = [legacy_bin_name(bin_id) for bin_id, _, _ in located]
+        packets = read_ranges(
+            names,
+            [position for _, position, _ in located],
+            [position + _SIZE.size + length for _, position, length in located],
+            concurrency,
+        )
+        return [
+            self._packet(index, name, position, length, data)
+            for index, name, (_, position, length), data in zip(indices, names, located, packets)
+        ]
+
+    def _packet(self, index: int, name: str, position: int, length: int, data: bytes) -> bytes:
         where = self._storage.display(name)
         if len(data) < _SIZE.size or _SIZE.unpack_from(data)[0] != length:
             raise CorruptDataError(
@@ -96,10 +128,15 @@ class LegacyDataset:
             )
         return data[_SIZE.size :]
 
-    def read_bin(self, name: str) -> list[bytes]:
-        """All packets of one bin file, in file order."""
+    def read_bin(
+        self, name: str, read_ahead: ReadAhead | None = None, size: int = 0
+    ) -> list[bytes]:
+        """All packets of one bin file, in file order (``size``: for a read-ahead)."""
         try:
-            data = self._storage.read_file(name)
+            if read_ahead is not None:
+                data = read_ahead.read(name, 0, size)
+            else:
+                data = self._storage.read_file(name)
         except FileNotFoundError as err:
             raise MissingDataFileError(
                 f"{self._storage.display(name)} disappeared", path=self._storage.display(name)
@@ -126,15 +163,36 @@ class LegacyDataset:
             f"{where} ends inside the packet at offset {offset}", path=where, offset=offset
         )
 
-    def iterate_binwise(self, shuffle: bool, seed: int | None) -> Iterator[bytes]:
+    def iterate_binwise(
+        self,
+        shuffle: bool,
+        seed: int | None,
+        read_ahead_bytes: int = 0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Iterator[bytes]:
+        """Every record bin by bin, as 0.0.1 orders them; remote bins are read ahead."""
         names = list(self.bin_names)
         rng = np.random.default_rng(seed) if shuffle else None
         if rng is not None:
             names = [names[k] for k in rng.permutation(len(names))]
-        for name in names:
-            packets = self.read_bin(name)
-            if rng is not None:
-                for k in rng.permutation(len(packets)).tolist():
-                    yield packets[k]
-            else:
-                yield from packets
+        read_ahead: ReadAhead | None = None
+        sizes: dict[str, int] = {}
+        if not self._storage.is_local and read_ahead_bytes > 0:
+            sizes = self._storage.file_sizes("")
+            read_ahead = ReadAhead(
+                self._storage,
+                [(name, 0, sizes.get(name, 0)) for name in names],
+                max_bytes=read_ahead_bytes,
+                concurrency=concurrency,
+            )
+        try:
+            for name in names:
+                packets = self.read_bin(name, read_ahead, sizes.get(name, 0))
+                if rng is not None:
+                    for k in rng.permutation(len(packets)).tolist():
+                        yield packets[k]
+                else:
+                    yield from packets
+        finally:
+            if read_ahead is not None:
+                read_ahead.close()

@@ -341,7 +341,7 @@ class SplitDataLoader:
         """
         positions = self._positions(indices)
         if self._legacy is not None:
-            return [self._legacy.get(p) for p in positions.tolist()]
+            return self._legacy.get_many(positions.tolist(), self._max_concurrency)
         return read_batch(self._storage, self._readers, self._starts, positions)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -368,7 +368,9 @@ class SplitDataLoader:
         ``pread`` each (a single copy).
         """
         if self._legacy is not None:
-            return self._legacy.iterate_binwise(shuffle, seed)
+            return self._legacy.iterate_binwise(
+                shuffle, seed, self._read_ahead_bytes, self._max_concurrency
+            )
         # Records are handed out a chunk (a list) at a time; chaining the lists keeps the
         # per-record step in C instead of resuming a generator for every record.
         return itertools.chain.from_iterable(self._chunks(shuffle, seed))

@@ -418,6 +418,22 @@ class Storage:
             f"{directory}/{item[len(prefix) :]}" for item in listed if item.startswith(prefix)
         )
 
+    def file_sizes(self, directory: str) -> dict[str, int]:
+        """Sizes of the files directly inside ``directory`` by name (one listing)."""
+        base = self.path(directory) if directory else self.root
+        prefix = base.rstrip("/") + "/"
+        try:
+            with self.failures(directory, "listing"):
+                self.fs.invalidate_cache(base)
+                listed = self.fs.ls(base, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return {
+            f"{directory}/{item['name'][len(prefix) :]}".lstrip("/"): int(item.get("size") or 0)
+            for item in listed
+            if item.get("type") == "file" and item["name"].startswith(prefix)
+        }
+
     # -- writes
 
     def makedirs(self, *directories: str) -> None:
