@@ -8,7 +8,6 @@ endpoints (MinIO, R2, Ceph) get the same treatment.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 __all__ = [
@@ -44,13 +43,13 @@ def is_s3(fs: Any) -> bool:
 def with_s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with a connection pool large enough for concurrent ranged reads.
 
-    Only fills in what the caller left out; a caller's ``max_pool_connections`` wins.
+    Only fills in what the caller left out; a caller's ``max_pool_connections`` wins, and
+    nothing else is copied or changed.
     """
-    merged = copy.deepcopy(options)
-    config = dict(merged.get("config_kwargs") or {})
+    config = dict(options.get("config_kwargs") or {})
     config.setdefault("max_pool_connections", DEFAULT_MAX_POOL_CONNECTIONS)
-    merged["config_kwargs"] = config
-    return merged
+    # Everything else is passed as given (a botocore session object stays shared).
+    return {**options, "config_kwargs": config}
 
 
 def http_status(error: BaseException) -> int | None:

@@ -11,7 +11,10 @@ plan that is wrong costs speed, never correctness.
 
 Ranges larger than a part are fetched as several parts concurrently. On asynchronous
 filesystems (s3fs and other fsspec ``AsyncFileSystem``) requests run as coroutines on
-the filesystem's own event loop; on the others, in a small thread pool.
+the filesystem's own event loop; on the others, in a small thread pool. Through a local
+cache (``simplecache::``, ``filecache::``) requests run one at a time, whole: every
+request for a file not yet cached downloads all of it into one cache file, and two
+downloads of the same file at once would read each other's half-written bytes.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ class ReadAhead:
         self._storage = storage
         self._plan: Iterator[ByteRange] | None = iter(plan)
         self._max_bytes = max_bytes
-        self._concurrency = max(1, concurrency)
+        self._concurrency = 1 if storage.is_cache else max(1, concurrency)
+        self._part_bytes = (1 << 62) if storage.is_cache else PART_BYTES
         self._queue: deque[_Pending] = deque()
         self._resident: dict[str, tuple[int, bytes]] = {}
         self._ahead = 0
@@ -90,7 +94,11 @@ class ReadAhead:
         fs = storage.fs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
-        if getattr(fs, "async_impl", False) and getattr(fs, "loop", None) is not None:
+        if (
+            not storage.is_cache
+            and getattr(fs, "async_impl", False)
+            and getattr(fs, "loop", None) is not None
+        ):
             self._loop = fs.loop
         else:
             self._pool = ThreadPoolExecutor(
@@ -118,9 +126,9 @@ class ReadAhead:
                 return
             name, start, end = key
             path = self._storage.path(name)
+            part = self._part_bytes
             futures = [
-                self._submit(path, lo, min(lo + PART_BYTES, end))
-                for lo in range(start, end, PART_BYTES)
+                self._submit(path, lo, min(lo + part, end)) for lo in range(start, end, part)
             ] or [self._done(b"")]
             self._queue.append(_Pending(key, futures))
             self._ahead += end - start
@@ -136,7 +144,7 @@ class ReadAhead:
         name, start, end = pending.key
         parts: list[bytes] = []
         for k, future in enumerate(pending.futures):
-            lo = start + k * PART_BYTES
+            lo = start + k * self._part_bytes
             try:
                 parts.append(future.result())
             except FileNotFoundError as err:
@@ -146,7 +154,7 @@ class ReadAhead:
                     parts.append(b"")
                     continue
                 raise self._storage.failed(
-                    name, f"reading bytes {lo}-{min(lo + PART_BYTES, end)} of", err
+                    name, f"reading bytes {lo}-{min(lo + self._part_bytes, end)} of", err
                 ) from err
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
