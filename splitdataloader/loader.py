@@ -14,7 +14,7 @@ import operator
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +37,7 @@ from .format import (
 )
 from .iteration import bin_in_order, bin_shuffled, plan
 from .legacy import LEGACY_INDEX_NAME, LegacyDataset
+from .parallel import bin_states, parallel_chunks
 from .readahead import DEFAULT_CONCURRENCY, DEFAULT_READ_AHEAD_BYTES, ReadAhead
 from .storage import Storage, open_storage
 
@@ -46,8 +47,12 @@ if TYPE_CHECKING:
 __all__ = ["SplitDataLoader"]
 
 
-def _reopen(url: str, options: dict[str, Any]) -> SplitDataLoader:
-    return SplitDataLoader(url, **options)
+def _reopen(url: str, options: dict[str, Any], manifest: bytes | None = None) -> SplitDataLoader:
+    """Rebuild a pickled loader; with ``manifest``, on the same commit as the original."""
+    loader = SplitDataLoader.__new__(SplitDataLoader)
+    loader.__dict__["_pinned_manifest"] = manifest
+    loader.__init__(url, **options)  # type: ignore[misc]
+    return loader
 
 
 class SplitDataLoader:
@@ -128,6 +133,7 @@ class SplitDataLoader:
         self._starts: list[int] = []
         self.manifest: Manifest | None = None
         raw = self._read_manifest()
+        self._manifest_raw = raw
         if raw is None:
             self._legacy = LegacyDataset(self._storage)
             self._length = self._legacy.records
@@ -177,6 +183,9 @@ class SplitDataLoader:
         return decode_record
 
     def _read_manifest(self) -> bytes | None:
+        pinned: bytes | None = self.__dict__.pop("_pinned_manifest", None)
+        if pinned is not None:
+            return pinned
         storage = self._storage
         try:
             return storage.read_file(MANIFEST_NAME, MAX_MANIFEST_BYTES)
@@ -247,8 +256,9 @@ class SplitDataLoader:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Never pickle live filesystems, maps or descriptors: rebuild from the spec.
-        return (_reopen, (self._storage.spec.url, self._options))
+        # Never pickle live filesystems, maps or descriptors: rebuild from the spec, on the
+        # commit this loader reads (a worker must not see records appended since).
+        return (_reopen, (self._storage.spec.url, self._options, self._manifest_raw))
 
     # ------------------------------------------------------------------ random access
 
@@ -357,7 +367,14 @@ class SplitDataLoader:
 
     # ------------------------------------------------------------------ iteration
 
-    def iterate_binwise(self, shuffle: bool = False, seed: int | None = None) -> Iterator[bytes]:
+    def iterate_binwise(
+        self,
+        shuffle: bool = False,
+        seed: int | None = None,
+        *,
+        workers: int = 0,
+        start_method: str | None = None,
+    ) -> Iterator[bytes]:
         """Iterate bin by bin: much faster than index order.
 
         Without ``shuffle``, bins come in order and each bin's records in the order they
@@ -366,18 +383,47 @@ class SplitDataLoader:
         is None). Segments are read in bulk: one request per segment on object stores;
         on local disk, windows of up to 8 MiB, and records of 64 KiB or more one
         ``pread`` each (a single copy).
+
+        With ``workers`` > 0, that many worker processes (started with ``start_method``,
+        see :class:`~splitdataloader.MpQItr`) read, verify and decode the bins, each
+        with its own read-ahead, and the records come out in exactly the order of the
+        single-process iteration for the same seed. Worth it when decoding (compression,
+        encryption) or verification costs more than moving the records between
+        processes. splitdataloader 0.0.1 datasets are always read in this process.
         """
+        if type(workers) is not int or workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, not {workers!r}")
         if self._legacy is not None:
             return self._legacy.iterate_binwise(
                 shuffle, seed, self._read_ahead_bytes, self._max_concurrency
             )
         # Records are handed out a chunk (a list) at a time; chaining the lists keeps the
         # per-record step in C instead of resuming a generator for every record.
-        return itertools.chain.from_iterable(self._chunks(shuffle, seed))
-
-    def _chunks(self, shuffle: bool, seed: int | None) -> Iterator[list[bytes]]:
         rng = np.random.default_rng(seed) if shuffle else None
-        bins = rng.permutation(self._bins).tolist() if rng is not None else range(self._bins)
+        order = rng.permutation(self._bins).tolist() if rng is not None else range(self._bins)
+        if workers:
+            states = None
+            if rng is not None:
+                counts = [0] * self._bins
+                for reader in self._readers:
+                    for bin_id in range(min(reader.bins, self._bins)):
+                        counts[bin_id] += int(reader.bin_counts[bin_id])
+                states = bin_states(rng, order, counts)
+            chunks = parallel_chunks(self, list(order), states, workers, start_method)
+            return itertools.chain.from_iterable(chunks)
+        rngs = None if rng is None else [rng] * self._bins
+        # Without markers every item is a chunk.
+        plain = cast("Iterator[list[bytes]]", self._bin_chunks(order, rngs))
+        return itertools.chain.from_iterable(plain)
+
+    def _bin_chunks(
+        self,
+        bins: Sequence[int],
+        rngs: Sequence[np.random.Generator] | None,
+        markers: bool = False,
+    ) -> Iterator[list[bytes] | None]:
+        """Chunks of ``bins`` in that order, shuffled within each bin with ``rngs[k]``;
+        with ``markers``, a ``None`` after each bin."""
         read_ahead: ReadAhead | None = None
         if not self._storage.is_local and self._read_ahead_bytes > 0:
             read_ahead = ReadAhead(
@@ -388,11 +434,13 @@ class SplitDataLoader:
             )
         fetch = read_ahead.read if read_ahead is not None else None
         try:
-            for bin_id in bins:
-                if rng is None:
+            for k, bin_id in enumerate(bins):
+                if rngs is None:
                     yield from bin_in_order(self._readers, bin_id, fetch)
                 else:
-                    yield from bin_shuffled(self._readers, bin_id, rng, fetch)
+                    yield from bin_shuffled(self._readers, bin_id, rngs[k], fetch)
+                if markers:
+                    yield None
         finally:
             if read_ahead is not None:
                 read_ahead.close()

@@ -89,9 +89,14 @@ def _reset_fsspec() -> Iterator[None]:
     clear_fsspec_state()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def s3_server() -> Iterator[S3Server]:
-    """The session's S3 protocol server, with the environment pointing at it."""
+    """The session's S3 protocol server, with the environment pointing at it.
+
+    Started first thing in the session: worker processes started by a forkserver take
+    the environment the forkserver had when it started, so the variables must be in
+    place before any test starts one.
+    """
     server = start_moto()
     saved = {name: os.environ.get(name) for name in server.environment()}
     os.environ.update(server.environment())
