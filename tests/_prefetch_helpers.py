@@ -9,6 +9,7 @@ here also spares each worker the import of pytest and of the test module.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -17,7 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from splitdataloader import SplitDataLoader
+from splitdataloader.prefetch import WorkerInfo, worker_info
 
 
 def count(n: int) -> Iterator[int]:
@@ -143,3 +147,105 @@ def loader_records(loader: SplitDataLoader) -> Iterator[bytes]:
     """One record by index, then every record bin-wise: both read paths, in the worker."""
     yield loader[1]
     yield from loader.iterate_binwise()
+
+
+# --- several workers and shared memory (test_prefetch_workers.py) ---------------------------
+
+
+def tagged(n: int) -> Iterator[tuple[int, int, int]]:
+    """Worker ``w`` of ``c`` yields ``(w, c, i)`` for ``i`` below ``n + w``: uneven lengths."""
+    info = worker_info()
+    assert info is not None
+    for i in range(n + info.id):
+        yield (info.id, info.count, i)
+
+
+def tagged_slowly(n: int) -> Iterator[tuple[int, int, int]]:
+    """As :func:`tagged`, with worker 0 much slower than the others."""
+    info = worker_info()
+    assert info is not None
+    for item in tagged(n):
+        if info.id == 0:
+            time.sleep(0.02)
+        yield item
+
+
+def identify() -> Iterator[tuple[WorkerInfo | None, int]]:
+    yield worker_info(), os.getpid()
+
+
+def fail_in_worker(bad: int, n: int) -> Iterator[tuple[int, int]]:
+    """Worker ``bad`` raises after ``n`` items; the others yield without end."""
+    info = worker_info()
+    assert info is not None
+    for i in itertools.count():
+        if info.id == bad and i == n:
+            raise ValueError(f"worker {bad} fails after {n} items")
+        yield (info.id, i)
+
+
+def kill_worker_after(bad: int, n: int) -> Iterator[tuple[int, int]]:
+    """Worker ``bad`` kills itself with SIGKILL after ``n`` items; the others stall there."""
+    info = worker_info()
+    assert info is not None
+    for i in range(n):
+        yield (info.id, i)
+    if info.id == bad:
+        time.sleep(0.3)  # let the sender pass the items on
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+
+
+def random_bytes(seed: int, size: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def big_bytes(n: int, size: int) -> Iterator[bytes | bytearray | memoryview]:
+    """``random_bytes(i, size)`` for each ``i``, as bytes, bytearray and memoryview in turn."""
+    for i in range(n):
+        data = random_bytes(i, size)
+        yield (data, bytearray(data), memoryview(data))[i % 3]
+
+
+def batch(seed: int, rows: int) -> dict[str, Any]:
+    """A batch of numpy arrays of several layouts and dtypes, about ``rows`` * 12 KiB."""
+    rng = np.random.default_rng(seed)
+    return {
+        "images": np.asfortranarray(rng.random((rows, 1024), dtype=np.float32)),
+        "ids": np.arange(seed, seed + rows * 1024, dtype=np.int64).reshape(rows, 1024),
+        "labels": rng.integers(0, 10, rows, dtype=np.int8),
+        "name": f"batch {seed}",
+    }
+
+
+def batches_of_arrays(n: int, rows: int) -> Iterator[dict[str, Any]]:
+    for i in range(n):
+        yield batch(i, rows)
+
+
+def arrays(size: int, n: int | None, *, fail: bool = False) -> Iterator[Any]:
+    """Arrays of ``size`` bytes filled with the worker's pid: ``n`` of them, or without end.
+
+    With ``fail``, worker 1 raises after its ``n`` arrays.
+    """
+    info = worker_info()
+    for _ in range(n) if n is not None else itertools.count():
+        yield np.full(size // 8, os.getpid(), dtype=np.int64)
+    if fail and info is not None and info.id == 1:
+        raise ValueError("worker 1 fails")
+
+
+def counted_arrays(n: int, size: int, progress: str) -> Iterator[Any]:
+    """``n`` arrays of ``size`` bytes, recording in ``progress`` how many have been made."""
+    for i in range(n):
+        array = np.zeros(size // 8, dtype=np.int64)
+        Path(progress).write_text(str(i + 1))
+        yield array
+
+
+def not_iterable() -> int:
+    return 42
+
+
+def ignore_keyword(*, lock: object) -> Iterator[int]:
+    yield 1

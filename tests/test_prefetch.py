@@ -78,9 +78,13 @@ def test_runs_in_another_process() -> None:
 
 def test_items_larger_than_the_pipe_buffer() -> None:
     size = 3 * 1024 * 1024
-    got = list(MpQItr[bytes](helpers.blobs, 4, size))
+    # Through the pipe: shared memory (tested in test_prefetch_workers.py) is off.
+    it = MpQItr[bytes].with_options(shm_threshold=None)(helpers.blobs, 4, size)
+    got = list(it)
     assert [len(b) for b in got] == [size] * 4
     assert got == [bytes([i]) * size for i in range(4)]
+    assert it.stats.shm_items == 0
+    assert it.stats.pipe_bytes > 4 * size
 
 
 @pytest.mark.parametrize("method", START_METHODS)
@@ -319,6 +323,11 @@ def test_options_are_attributes_with_class_defaults() -> None:
     assert list(it) == [0, 1, 2]
     plain = MpQItr[int](helpers.count, 3)
     assert (plain.qsize, plain.start_method) == (16, None)
+    assert (plain.num_workers, plain.ordered, plain.shm_threshold) == (1, True, 1 << 20)
+    off = MpQItr.with_options(shm_threshold=None, num_workers=2, ordered=False)(helpers.count, 3)
+    assert (off.num_workers, off.ordered, off.shm_threshold) == (2, False, None)
+    kept = Spawned.with_options(qsize=2)(helpers.count, 3)
+    assert kept.shm_threshold == 1 << 20
 
 
 @pytest.mark.parametrize(
@@ -329,6 +338,11 @@ def test_options_are_attributes_with_class_defaults() -> None:
         ({"qsize": True}, TypeError),
         ({"start_method": "threads"}, ValueError),
         ({"stop_timeout": -1}, ValueError),
+        ({"num_workers": 0}, ValueError),
+        ({"num_workers": 2.0}, TypeError),
+        ({"ordered": "yes"}, TypeError),
+        ({"shm_threshold": -1}, ValueError),
+        ({"shm_threshold": 1.5}, TypeError),
     ],
 )
 def test_bad_options_are_rejected(options: dict[str, object], error: type[Exception]) -> None:
