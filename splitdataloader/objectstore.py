@@ -52,33 +52,30 @@ def with_s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "config_kwargs": config}
 
 
-def http_status(error: BaseException) -> int | None:
-    """The HTTP status behind ``error`` or its causes, when an S3 response carried one."""
+def _s3_response(error: BaseException) -> dict[str, Any] | None:
+    """The parsed S3 response carried by ``error`` or by one of its causes."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         response = getattr(current, "response", None)
         if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(status, int):
-                return status
+            return response
         current = current.__cause__ or current.__context__
     return None
+
+
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status behind ``error`` or its causes, when an S3 response carried one."""
+    response = _s3_response(error) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else None
 
 
 def _error_code(error: BaseException) -> str | None:
-    current: BaseException | None = error
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        response = getattr(current, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            if isinstance(code, str):
-                return code
-        current = current.__cause__ or current.__context__
-    return None
+    response = _s3_response(error) or {}
+    code = response.get("Error", {}).get("Code")
+    return code if isinstance(code, str) else None
 
 
 def read_with_etag(fs: Any, path: str) -> tuple[bytes, str]:
