@@ -210,6 +210,14 @@ def main() -> None:
                 f"{single / seconds:.2f}x",
             )
         )
+    rows.append(
+        (
+            f"{records:,} zstd records, shuffled epoch, workers=2 vs workers=1",
+            f"{records / two:,.0f} rec/s",
+            f"workers=1 {records / one:,.0f} rec/s",
+            f"**{one / two:.2f}x**",
+        )
+    )
 
     lines = [
         "# MpQItr and parallel decoding",
