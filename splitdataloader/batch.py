@@ -56,6 +56,7 @@ def read_batch(
         bad = np.flatnonzero(entries["segment"] >= len(reader.segments))
         if bad.size:
             raise reader.bad_entry(int(wanted[picked][bad[0]]) - reader.first_record)
+        _check_bounds(reader, entries, wanted[picked])
         segment[picked] = entries["segment"]
         length[picked] = entries["length"]
         offset[picked] = entries["offset"]
@@ -96,6 +97,26 @@ def read_batch(
     return out
 
 
+def _check_bounds(reader: CommitReader, entries: NDArray[Any], records: NDArray[Any]) -> None:
+    """Raise for the first entry whose bytes lie outside its segment (before any read)."""
+    sizes = np.fromiter((s.size for s in reader.segments), dtype=np.uint64)[entries["segment"]]
+    lengths = entries["length"].astype(np.uint64)
+    offsets = entries["offset"]
+    # Unsigned throughout: rows where ``lengths > sizes`` wrap in the last term, but are
+    # already flagged by the second.
+    bad = np.flatnonzero(
+        (offsets < np.uint64(reader.min_offset)) | (lengths > sizes) | (offsets > sizes - lengths)
+    )
+    if bad.size:
+        k = int(bad[0])
+        raise reader.outside(
+            int(records[k]) - reader.first_record,
+            int(entries["segment"][k]),
+            int(offsets[k]),
+            int(lengths[k]),
+        )
+
+
 def _coalesce(
     owner: NDArray[Any], segment: NDArray[Any], offset: NDArray[Any], length: NDArray[Any], gap: int
 ) -> list[_Run]:
@@ -128,3 +149,41 @@ def _coalesce(
                 runs.append((owners[lo], segments[lo], starts[lo], ends[k - 1], lo, k))
                 lo = k
     return runs
+
+
+def read_coalesced(
+    storage: Storage,
+    names: Sequence[str],
+    starts: Sequence[int],
+    ends: Sequence[int],
+    *,
+    concurrency: int | None = None,
+    gap: int = REMOTE_COALESCE_GAP,
+) -> list[bytes]:
+    """Bytes ``[starts[k], ends[k])`` of ``names[k]`` for every ``k``, with neighbouring
+    ranges of one file (closer than ``gap``) fetched by one read, the reads concurrent
+    (:meth:`Storage.read_ranges`). A short result means the file is short."""
+    count = len(names)
+    if count == 0:
+        return []
+    file_ids = {name: k for k, name in enumerate(dict.fromkeys(names))}
+    owner = np.fromiter((file_ids[name] for name in names), dtype=np.int64, count=count)
+    offset = np.asarray(starts, dtype=np.int64)
+    length = np.asarray(ends, dtype=np.int64) - offset
+    order = np.lexsort((offset, owner))
+    zeros = np.zeros(count, dtype=np.int64)
+    runs = _coalesce(zeros, owner[order], offset[order], length[order], gap)
+    by_id = list(file_ids)
+    blobs = storage.read_ranges(
+        [by_id[file_id] for _, file_id, _, _, _, _ in runs],
+        [start for _, _, start, _, _, _ in runs],
+        [end for _, _, _, end, _, _ in runs],
+        concurrency,
+    )
+    out: list[bytes] = [b""] * count
+    items = order.tolist()
+    for (_, _, start, _, first, last), blob in zip(runs, blobs):
+        for k in items[first:last]:
+            at = starts[k] - start
+            out[k] = blob[at : at + ends[k] - starts[k]]
+    return out

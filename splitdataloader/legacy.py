@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
+from .batch import read_coalesced
 from .errors import CorruptDataError, MissingDataFileError, TruncatedDataError
 from .readahead import DEFAULT_CONCURRENCY, ReadAhead
 
@@ -57,6 +59,10 @@ class LegacyDataset:
         if storage.is_local and self._index_size:
             self._index_map = storage.map_file(LEGACY_INDEX_NAME, self._index_size)
         self.bin_names = legacy_bin_names(storage)
+        self._by_bin: (
+            tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
+            | None
+        ) = None
 
     @property
     def bins(self) -> int:
@@ -86,24 +92,27 @@ class LegacyDataset:
         """Records at ``indices`` (already range-checked); remote reads run concurrently."""
         if self._storage.is_local or not indices:
             return [self.get(index) for index in indices]
-        read_ranges = self._storage.read_ranges
         size = _TRIPLET.size
-        triplets = read_ranges(
+        # Neighbouring triplets and packets come in one request each: index entries of
+        # nearby records are adjacent, and so are packets of one bin.
+        triplets = read_coalesced(
+            self._storage,
             [LEGACY_INDEX_NAME] * len(indices),
             [index * size for index in indices],
             [index * size + size for index in indices],
-            concurrency,
+            concurrency=concurrency,
         )
         where = self._storage.display(LEGACY_INDEX_NAME)
         if any(len(triplet) != size for triplet in triplets):
             raise TruncatedDataError(f"{where} is shorter than its records", path=where)
         located = [_TRIPLET.unpack(triplet) for triplet in triplets]
         names = [legacy_bin_name(bin_id) for bin_id, _, _ in located]
-        packets = read_ranges(
+        packets = read_coalesced(
+            self._storage,
             names,
             [position for _, position, _ in located],
             [position + _SIZE.size + length for _, position, length in located],
-            concurrency,
+            concurrency=concurrency,
         )
         return [
             self._packet(index, name, position, length, data)
@@ -141,21 +150,81 @@ class LegacyDataset:
             raise MissingDataFileError(
                 f"{self._storage.display(name)} disappeared", path=self._storage.display(name)
             ) from err
-        packets: list[bytes] = []
-        position = 0
-        end = len(data)
-        view = memoryview(data)
-        unpack = _SIZE.unpack_from
-        while position < end:
-            if position + _SIZE.size > end:
-                raise self._truncated(name, position)
-            (size,) = unpack(view, position)
-            start = position + _SIZE.size
-            position = start + size
-            if position > end:
-                raise self._truncated(name, start - _SIZE.size)
-            packets.append(data[start:position])
-        return packets
+        positions, lengths = self._bin_entries(name)
+        if not len(positions):
+            return []
+        where = self._storage.display(name)
+        ends = positions + _SIZE.size + lengths
+        # A bin holds its indexed packets back to back from offset 0: anything else means
+        # the file or index.dat is damaged, and walking the length prefixes would go astray.
+        gaps = np.flatnonzero(positions[1:] != ends[:-1])
+        if positions[0] != 0 or gaps.size:
+            offset = 0 if positions[0] != 0 else int(ends[gaps[0]])
+            raise CorruptDataError(
+                f"{where}: the records that {LEGACY_INDEX_NAME} lists do not lie back to "
+                f"back from offset 0 (at offset {offset})",
+                path=where,
+                offset=offset,
+            )
+        if int(ends[-1]) > len(data):
+            raise TruncatedDataError(
+                f"{where} is {len(data)} bytes; its records in {LEGACY_INDEX_NAME} end at "
+                f"{int(ends[-1])}",
+                path=where,
+                offset=len(data),
+            )
+        raw = np.frombuffer(data, dtype=np.uint8, count=int(ends[-1]))
+        prefixes = raw[positions[:, None] + np.arange(_SIZE.size)].copy().view("<u4").ravel()
+        bad = np.flatnonzero(prefixes != lengths)
+        if bad.size:
+            offset = int(positions[bad[0]])
+            raise CorruptDataError(
+                f"{where}: the packet at offset {offset} is not {int(lengths[bad[0]])} bytes "
+                f"long as {LEGACY_INDEX_NAME} says",
+                path=where,
+                offset=offset,
+            )
+        # Bytes after the last indexed packet (an interrupted 0.0.1 write) are not records.
+        starts = (positions + _SIZE.size).tolist()
+        return [data[a:b] for a, b in zip(starts, ends.tolist())]
+
+    def _bin_entries(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Positions and lengths of the packets ``index.dat`` lists in bin file ``name``,
+        by position (read from ``index.dat`` once, on the first call)."""
+        if self._by_bin is None:
+            self._by_bin = self._index_by_bin()
+        bin_ids, firsts, positions, lengths = self._by_bin
+        k = int(np.searchsorted(bin_ids, int(name[3:11])))
+        if k == len(bin_ids) or bin_ids[k] != int(name[3:11]):
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        return positions[firsts[k] : firsts[k + 1]], lengths[firsts[k] : firsts[k + 1]]
+
+    def _index_by_bin(
+        self,
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """(bin ids, where each starts, positions, lengths) of every entry, sorted by bin
+        and position; ``firsts`` has one more element, the number of entries."""
+        size = self.records * _TRIPLET.size
+        if self._index_map is not None:
+            data: bytes | mmap.mmap = self._index_map
+        else:
+            data = self._storage.read_range(LEGACY_INDEX_NAME, 0, size) if size else b""
+            if len(data) != size:
+                where = self._storage.display(LEGACY_INDEX_NAME)
+                raise TruncatedDataError(f"{where} is shorter than its records", path=where)
+        table = np.frombuffer(data, dtype="<u4", count=self.records * 3).reshape(-1, 3)
+        table = table.astype(np.int64)
+        table = table[np.lexsort((table[:, 1], table[:, 0]))]
+        bin_ids, firsts = np.unique(table[:, 0], return_index=True)
+        firsts = np.append(firsts, len(table))
+        return bin_ids, firsts, table[:, 1].copy(), table[:, 2].copy()
+
+    def missing_bins(self) -> list[str]:
+        """Bin files that ``index.dat`` lists records in but that do not exist."""
+        if self._by_bin is None:
+            self._by_bin = self._index_by_bin()
+        present = set(self.bin_names)
+        return [n for n in map(legacy_bin_name, self._by_bin[0].tolist()) if n not in present]
 
     def _truncated(self, name: str, offset: int) -> TruncatedDataError:
         where = self._storage.display(name)
@@ -171,6 +240,9 @@ class LegacyDataset:
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> Iterator[bytes]:
         """Every record bin by bin, as 0.0.1 orders them; remote bins are read ahead."""
+        missing = self.missing_bins()
+        if missing:
+            raise self._storage.missing(missing[0])
         names = list(self.bin_names)
         rng = np.random.default_rng(seed) if shuffle else None
         if rng is not None:

@@ -155,8 +155,10 @@ def read_all(loader: object) -> list[bytes]:
 def copy_folder(folder: Path, url: str) -> None:
     """Copy every file under a local ``folder`` to the location ``url``, through fsspec."""
     fs, root = to_fs(url)
+    files: dict[str, bytes] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             target = f"{root}/{path.relative_to(folder).as_posix()}"
             fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(target, path.read_bytes())
+            files[target] = path.read_bytes()
+    fs.pipe(files)  # concurrent uploads where the filesystem is asynchronous
