@@ -13,7 +13,8 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .format import META_DIR
+from .errors import CodecConfigError, SplitDataError
+from .format import MANIFEST_NAME, META_DIR
 
 if TYPE_CHECKING:
     from .codecs import Codec, CodecEnvironment, CodecPipeline, KeyProvider, KeyRing
@@ -53,7 +54,10 @@ def environment(
     from .codecs import CodecEnvironment  # noqa: PLC0415
 
     def read_resource(name: str) -> bytes:
-        return storage.read_file(name)
+        try:
+            return storage.read_file(name)
+        except FileNotFoundError as err:  # still a FileNotFoundError, naming the file
+            raise storage.missing(name) from err
 
     def write_resource(hint: str, data: bytes) -> str:
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in hint)[:64] or "data"
@@ -78,8 +82,16 @@ def environment(
     )
 
 
-def open_pipeline(configs: Sequence[Mapping[str, Any]], env: CodecEnvironment) -> CodecPipeline:
+def open_pipeline(
+    configs: Sequence[Mapping[str, Any]],
+    env: CodecEnvironment,
+    storage: Storage | None = None,
+) -> CodecPipeline:
     """Rebuild a dataset's pipeline from its manifest's codec configs.
+
+    With ``storage`` (the configs come from that dataset's manifest), errors name files
+    by their URL: an invalid config names the manifest, and an error about a resource
+    names it under the dataset's URL instead of by its bare name.
 
     Raises
     ------
@@ -88,7 +100,25 @@ def open_pipeline(configs: Sequence[Mapping[str, Any]], env: CodecEnvironment) -
     """
     from .codecs import CodecPipeline  # noqa: PLC0415
 
-    return CodecPipeline.from_configs(configs, env)
+    try:
+        return CodecPipeline.from_configs(configs, env)
+    except SplitDataError as err:
+        located = _located(err, storage) if storage is not None else None
+        if located is None:
+            raise
+        raise located from err
+
+
+def _located(err: SplitDataError, storage: Storage) -> SplitDataError | None:
+    """``err`` naming its file by URL, or None when it already does (or names none)."""
+    if isinstance(err, CodecConfigError):
+        name = MANIFEST_NAME
+    elif err.path and not err.path.startswith(storage.spec.url):
+        name = err.path
+    else:
+        return None
+    where = storage.display(name)
+    return type(err)(f"{where}: {err.message}", path=where, record=err.record, offset=err.offset)
 
 
 def new_codecs(specs: Sequence[Any], env: CodecEnvironment) -> list[Codec]:
@@ -136,7 +166,6 @@ class WriterCodecs:
         keys: Mapping[str, bytes] | None,
         key_providers: Sequence[KeyProvider] | None,
     ) -> None:
-        from .errors import CodecConfigError  # noqa: PLC0415
 
         self.dataset_id = dataset_id
         self.created: list[str] = []
@@ -159,7 +188,7 @@ class WriterCodecs:
                     f"the dataset's own",
                     path=storage.spec.url,
                 )
-            self.pipeline = open_pipeline(base_configs, self._env)
+            self.pipeline = open_pipeline(base_configs, self._env, storage)
             return
         assert specs is not None  # checked above: a new chain needs specs
         self._codecs = new_codecs(specs, self._env)

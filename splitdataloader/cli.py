@@ -9,17 +9,14 @@ extra) are needed only here.
 from __future__ import annotations
 
 import json
-import os
 import random
 import secrets
 import shutil
-import stat
 import sys
 import sysconfig
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,18 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 import xxhash
 
 from splitdataloader import SplitDataLoader, SplitWriter
+from splitdataloader.cli_admin import bench_command, cp_command, info_command, verify_command
+from splitdataloader.cli_data import (
+    cat_command,
+    convert_command,
+    get_command,
+    head_command,
+    pack_command,
+    unpack_command,
+)
+from splitdataloader.cli_options import Group
 from splitdataloader.errors import DatasetNotFoundError, SplitDataError
+from splitdataloader.sources import find_files
 
 __all__ = ["find_files", "main"]
 
@@ -43,51 +51,27 @@ __all__ = ["find_files", "main"]
 _INSTALL_FOLDERS = ("site-packages", "dist-packages")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="splitdataloader")
 def main() -> None:
-    """Work with splitdataloader datasets."""
+    """Pack, inspect, check, copy and convert splitdataloader datasets.
 
+    A dataset is a URL: a local path, s3://bucket/prefix, or any fsspec URL. Every command
+    takes -s KEY=VALUE storage options (also from the environment variable
+    SPLITDATA_STORAGE_OPTIONS, a JSON object, and from the config file
+    ~/.config/splitdata/config.toml), --json for scripts, --progress/--no-progress and
+    --debug. Errors print one line and exit with 1; Ctrl-C stops without committing
+    anything half-done. `splitdata COMMAND --help` shows examples.
 
-def find_files(root: Path, *, limit: int | None = None, skip: Iterable[Path] = ()) -> list[Path]:
-    """List the regular files under ``root`` in a stable order.
-
-    Symbolic links (to files or folders), ``__pycache__`` folders, the folders in ``skip``
-    and anything that is not a regular file (sockets, FIFOs, devices) are left out.
-
-    Parameters
-    ----------
-    root
-        The folder to walk.
-    limit
-        Stop after this many files.
-    skip
-        Folders not to enter.
-
-    Returns
-    -------
-    list of Path
-        Files of each folder (sorted by name) before its subfolders (sorted by name).
+    \b
+    A first hour:
+      splitdata pack photos/ data/photos --paths     # one record per file
+      splitdata info data/photos
+      splitdata head data/photos -n 3
+      splitdata verify data/photos
+      splitdata cp data/photos s3://bucket/photos -c zstd
+      splitdata bench s3://bucket/photos
     """
-    skipped = set(skip)
-    found: list[Path] = []
-    # os.walk lists symlinked folders but does not enter them (followlinks=False).
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            name for name in dirnames if name != "__pycache__" and here / name not in skipped
-        )
-        for name in sorted(filenames):
-            path = here / name
-            try:
-                mode = path.lstat().st_mode
-            except OSError:  # vanished since the folder was listed
-                continue
-            if stat.S_ISREG(mode):
-                found.append(path)
-                if limit is not None and len(found) >= limit:
-                    return found
-    return found
 
 
 @dataclass
@@ -336,3 +320,22 @@ def demo(
             f"{row['records_per_s']:>12,.0f}{row['mb_per_s']:>10.1f}"
         )
     click.echo(f"\nall {len(sources)} records verified (seed {seed})")
+
+
+for _name, _command in (
+    ("pack", pack_command),
+    ("unpack", unpack_command),
+    ("info", info_command),
+    ("get", get_command),
+    ("head", head_command),
+    ("cat", cat_command),
+    ("verify", verify_command),
+    ("cp", cp_command),
+    ("convert", convert_command),
+    ("bench", bench_command),
+):
+    main.add_command(_command, _name)
+
+
+if __name__ == "__main__":
+    main()

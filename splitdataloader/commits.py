@@ -28,6 +28,7 @@ from .format import (
     Commit,
     check_index_header,
 )
+from .placement import Placement
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -104,8 +105,12 @@ class CommitReader:
         self._slot_adjust = [
             int(base[order[t]]) - (1 if t < layout.start else 0) for t in range(self.bins)
         ]
-        self._slot_byte = [_HEADER + _ENTRY * adjust for adjust in self._slot_adjust]
         self._fds: list[int] = [-1] * len(self.segments)
+        self._placement = Placement(commit, base)
+        #: Index pages whose entries are all in place, and pages found damaged with
+        #: which of their entries are still in place (a page in neither is not checked).
+        self._pages_ok: set[int] = set()
+        self._trusted: dict[int, NDArray[Any]] = {}
         self._index_map: mmap.mmap | None = None
         self._reader: Callable[[int], bytes] | None = None
         self._index_checked = False
@@ -180,8 +185,7 @@ class CommitReader:
             self._pages.move_to_end(page)
             return cached
         name = self.commit.index.name
-        start = _HEADER + page * INDEX_PAGE_ENTRIES * _ENTRY
-        end = min(start + INDEX_PAGE_ENTRIES * _ENTRY, self.commit.index.size)
+        start, end = self._page_range(page)
         if self._index_checked:
             data = self.storage.read_range(name, start, end)
         else:
@@ -189,8 +193,7 @@ class CommitReader:
             header, data = self.storage.read_ranges([name, name], [0, start], [_HEADER, end])
             check_index_header(header, self.records, self.storage.display(name))
             self._index_checked = True
-        if len(data) != end - start:
-            raise self._truncated_index()
+        data = self._accept_page(page, data, end - start)
         self._pages[page] = data
         if len(self._pages) > self._page_capacity:
             self._pages.popitem(last=False)
@@ -202,17 +205,97 @@ class CommitReader:
             return
         self._check_remote_header()
         name = self.commit.index.name
-        size = self.commit.index.size
-        starts = [_HEADER + page * INDEX_PAGE_ENTRIES * _ENTRY for page in pages]
-        ends = [min(start + INDEX_PAGE_ENTRIES * _ENTRY, size) for start in starts]
-        blobs = self.storage.read_ranges([name] * len(pages), starts, ends, self.concurrency)
+        ranges = [self._page_range(page) for page in pages]
+        blobs = self.storage.read_ranges(
+            [name] * len(pages), [r[0] for r in ranges], [r[1] for r in ranges], self.concurrency
+        )
         capacity = max(self._page_capacity, len(pages))
-        for page, start, end, data in zip(pages, starts, ends, blobs):
-            if len(data) != end - start:
-                raise self._truncated_index()
-            self._pages[page] = data
+        for page, (start, end), data in zip(pages, ranges, blobs):
+            self._pages[page] = self._accept_page(page, data, end - start)
         while len(self._pages) > capacity:
             self._pages.popitem(last=False)
+
+    def _page_range(self, page: int) -> tuple[int, int]:
+        """Bytes of index page ``page``, with the entry before it (its entries are
+        checked against that one)."""
+        start = _HEADER + page * INDEX_PAGE_ENTRIES * _ENTRY
+        end = min(start + INDEX_PAGE_ENTRIES * _ENTRY, self.commit.index.size)
+        return (start - _ENTRY if page else start), end
+
+    def _accept_page(self, page: int, data: bytes, expected: int) -> bytes:
+        """Check a page read with :meth:`_page_range`; returns its own entries."""
+        if len(data) != expected:
+            raise self._truncated_index()
+        table = np.frombuffer(data, INDEX_ENTRY_DTYPE)
+        self._settle_page(page, table[1:] if page else table, table[:1] if page else None)
+        return data[_ENTRY:] if page else data
+
+    def _local_entries(self, first: int, count: int) -> NDArray[Any]:
+        mapping = self._index_map if self._index_map is not None else self._open_index()
+        # A copy: a view would pin the map open while an error's traceback holds it.
+        entries: NDArray[Any] = np.frombuffer(
+            mapping, INDEX_ENTRY_DTYPE, count=count, offset=_HEADER + _ENTRY * first
+        ).copy()
+        return entries
+
+    def _check_local_page(self, page: int) -> None:
+        first = page * INDEX_PAGE_ENTRIES
+        count = min(INDEX_PAGE_ENTRIES, self.records - first)
+        table = self._local_entries(first - 1 if page else 0, count + (1 if page else 0))
+        self._settle_page(page, table[1:] if page else table, table[:1] if page else None)
+
+    def _settle_page(self, page: int, entries: NDArray[Any], before: NDArray[Any] | None) -> None:
+        """Check that a page's entries are in place (:mod:`splitdataloader.placement`);
+        if some are not, find out which of them still are, bin by bin."""
+        first = page * INDEX_PAGE_ENTRIES
+        if self._placement.page_ok(entries, first, before):
+            self._pages_ok.add(page)
+            return
+        trusted = np.zeros(len(entries), dtype=bool)
+        low, high = first, first + len(entries)
+        bins = self._placement.bin_of(np.array([low, high - 1]))
+        for bin_id in range(int(bins[0]), int(bins[1]) + 1):
+            start = int(self.bin_base[bin_id])
+            count = int(self.bin_counts[bin_id])
+            if count == 0:
+                continue
+            if self.local:
+                whole = self._local_entries(start, count)
+            else:
+                name = self.commit.index.name
+                begin = _HEADER + start * _ENTRY
+                data = self.storage.read_range(name, begin, begin + count * _ENTRY)
+                if len(data) != count * _ENTRY:
+                    raise self._truncated_index()
+                whole = np.frombuffer(data, INDEX_ENTRY_DTYPE)
+            placed = self._placement.trusted(whole, start)
+            lo, hi = max(low, start), min(high, start + count)
+            trusted[lo - low : hi - low] = placed[lo - start : hi - start]
+        self._trusted[page] = trusted
+
+    def check_entry(self, e: int) -> None:
+        """Raise if entry ``e`` is out of place (checking its page first if need be)."""
+        page = e // INDEX_PAGE_ENTRIES
+        if page not in self._pages_ok and page not in self._trusted:
+            if self.local:
+                self._check_local_page(page)
+            else:
+                self._remote_page(page)
+        trusted = self._trusted.get(page)
+        if trusted is not None and not trusted[e % INDEX_PAGE_ENTRIES]:
+            raise self.misplaced(e)
+
+    def misplaced(self, e: int) -> CorruptDataError:
+        """The error for entry ``e``, which is not where its record must be."""
+        where = self.storage.display(self.commit.index.name)
+        bin_id = int(self._placement.bin_of(np.array([e]))[0])
+        j = self.record_of_entry(bin_id, e - int(self.bin_base[bin_id]))
+        return CorruptDataError(
+            f"record {self.first_record + j}: entry {e} of index part {where} is not where "
+            f"bin {bin_id}'s records lie: the index is damaged",
+            path=where,
+            record=self.first_record + j,
+        )
 
     def _truncated_index(self) -> TruncatedDataError:
         where = self.storage.display(self.commit.index.name)
@@ -224,9 +307,14 @@ class CommitReader:
         e = self._slot_adjust[t] + q
         if self.local:
             mapping = self._index_map if self._index_map is not None else self._open_index()
+            if e // INDEX_PAGE_ENTRIES not in self._pages_ok:
+                self.check_entry(e)
             return _unpack_entry(mapping, _HEADER + _ENTRY * e)
         page, within = divmod(e, INDEX_PAGE_ENTRIES)
-        return _unpack_entry(self._remote_page(page), within * _ENTRY)
+        data = self._remote_page(page)
+        if page not in self._pages_ok:
+            self.check_entry(e)
+        return _unpack_entry(data, within * _ENTRY)
 
     def entries_at(self, records: NDArray[Any]) -> NDArray[Any]:
         """Index entries of many commit-local records at once (a structured array)."""
@@ -234,6 +322,10 @@ class CommitReader:
         numbers = np.asarray(self._slot_adjust, dtype=np.int64)[t] + q
         if self.local:
             mapping = self._index_map if self._index_map is not None else self._open_index()
+            for page in np.unique(numbers // INDEX_PAGE_ENTRIES).tolist():
+                if page not in self._pages_ok and page not in self._trusted:
+                    self._check_local_page(page)
+            self._check_numbers(numbers)
             table = np.frombuffer(mapping, INDEX_ENTRY_DTYPE, count=self.records, offset=_HEADER)
             result: NDArray[Any] = table[numbers]
             return result
@@ -244,7 +336,17 @@ class CommitReader:
             picked = pages == page
             chunk = np.frombuffer(self._remote_page(page), INDEX_ENTRY_DTYPE)
             out[picked] = chunk[within[picked]]
+        self._check_numbers(numbers)
         return out
+
+    def _check_numbers(self, numbers: NDArray[Any]) -> None:
+        """Raise for the first entry of ``numbers`` (in checked pages) out of place."""
+        for page in np.unique(numbers // INDEX_PAGE_ENTRIES).tolist():
+            if page in self._trusted:
+                mine = numbers[numbers // INDEX_PAGE_ENTRIES == page]
+                bad = mine[~self._trusted[page][mine % INDEX_PAGE_ENTRIES]]
+                if bad.size:
+                    raise self.misplaced(int(bad[0]))
 
     def bin_entries(self, bin_id: int, fetch: Fetch | None = None) -> NDArray[Any]:
         """The index entries of ``bin_id`` in this commit, in written order (a copy).
@@ -265,6 +367,9 @@ class CommitReader:
             raise self._truncated_index()
         entries = np.frombuffer(data, dtype=INDEX_ENTRY_DTYPE)
         self._check_entries(entries, bin_id)
+        placed = self._placement.trusted(entries, first)
+        if not placed.all():
+            raise self.misplaced(first + int(np.flatnonzero(~placed)[0]))
         return entries
 
     def _check_entries(self, entries: NDArray[Any], bin_id: int) -> None:
@@ -277,10 +382,14 @@ class CommitReader:
             )
         sizes = np.fromiter((s.size for s in self.segments), dtype=np.uint64)
         bins = np.fromiter((s.bin for s in self.segments), dtype=np.int64)
-        ends = entries["offset"] + entries["length"]
+        lengths = entries["length"].astype(np.uint64)
+        limits = sizes[segment_ids]
+        # ``offset + length`` could wrap around 2**64: compare against ``size - length``
+        # instead, in rows where ``length <= size`` (the others are flagged already).
         bad = (
             (bins[segment_ids] != bin_id)
-            | (ends > sizes[segment_ids])
+            | (lengths > limits)
+            | (entries["offset"] > limits - lengths)
             | (entries["offset"] < SEGMENT_HEADER.size)
         )
         if bad.any():
@@ -312,8 +421,12 @@ class CommitReader:
         mapping = self._index_map if self._index_map is not None else self._open_index()
         shift = self._shift
         bins = self.bins
-        slot_byte = self._slot_byte
+        slot_adjust = self._slot_adjust
+        pages_ok = self._pages_ok
+        check_entry = self.check_entry
+        page_entries = INDEX_PAGE_ENTRIES
         descriptors = self._fds
+        sizes = [ref.size for ref in self.segments]
         hash_record = self.hash_record
         open_descriptor = self._open_fd
         unpack = _unpack_entry
@@ -322,16 +435,21 @@ class CommitReader:
 
         def read_local(j: int) -> bytes:
             q, t = divmod(j + shift, bins)
-            # 24 = INDEX_ENTRY.size, fixed by the format.
-            segment, length, offset, checksum = unpack(mapping, slot_byte[t] + 24 * q)
+            e = slot_adjust[t] + q
+            if e // page_entries not in pages_ok:
+                check_entry(e)
+            # 32 and 24: the index header and entry sizes, fixed by the format.
+            segment, length, offset, checksum = unpack(mapping, 32 + 24 * e)
             try:
                 descriptor = descriptors[segment]
             except IndexError:
                 raise self.bad_entry(j) from None
+            if offset < minimum or offset + length > sizes[segment]:
+                raise self.outside(j, segment, offset, length)
             if descriptor < 0:
                 descriptor = open_descriptor(segment)
             data = pread(descriptor, length, offset)
-            if len(data) != length or offset < minimum:
+            if len(data) != length:
                 raise self.short_error(j, self.segments[segment].name, offset)
             if hash_record is not None and hash_record(data) != checksum:
                 raise self.mismatch(j, self.segments[segment].name, offset)
@@ -354,11 +472,14 @@ class CommitReader:
     def _read_remote(self, j: int) -> bytes:
         segment, length, offset, checksum = self.entry(j)
         try:
-            name = self.segments[segment].name
+            ref = self.segments[segment]
         except IndexError:
             raise self.bad_entry(j) from None
+        if offset < _MIN_OFFSET or offset + length > ref.size:
+            raise self.outside(j, segment, offset, length)
+        name = ref.name
         data = self.storage.read_range(name, offset, offset + length)
-        if len(data) != length or offset < _MIN_OFFSET:
+        if len(data) != length:
             raise self.short_error(j, name, offset)
         if self.hash_record is not None and self.hash_record(data) != checksum:
             raise self.mismatch(j, name, offset)
@@ -388,6 +509,17 @@ class CommitReader:
         return CorruptDataError(
             f"record {self.first_record + j}: index part {where} names a segment this "
             f"commit does not have",
+            path=where,
+            record=self.first_record + j,
+        )
+
+    def outside(self, j: int, segment: int, offset: int, length: int) -> CorruptDataError:
+        """The error for an index entry whose bytes lie outside its segment."""
+        where = self.storage.display(self.commit.index.name)
+        ref = self.segments[segment]
+        return CorruptDataError(
+            f"record {self.first_record + j}: index part {where} points at bytes "
+            f"{offset}-{offset + length} of {ref.name}, outside its {ref.size} bytes",
             path=where,
             record=self.first_record + j,
         )

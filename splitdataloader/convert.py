@@ -7,7 +7,7 @@ Owns :func:`convert_legacy`; it reads through :class:`SplitDataLoader` and write
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import DatasetFormatError
@@ -23,6 +23,7 @@ def convert_legacy(
     dest_storage_options: dict[str, Any] | None = None,
     bins: int | None = None,
     start_clean: bool = False,
+    progress: Callable[[int, int], object] | None = None,
 ) -> int:
     """Copy a splitdataloader 0.0.1 dataset into a new version-2 dataset.
 
@@ -44,6 +45,9 @@ def convert_legacy(
         Bin count of the new dataset.
     start_clean
         Replace whatever is at ``dest_dir``.
+    progress
+        Called as ``progress(records, nbytes)`` with the records converted since its
+        previous call.
 
     Returns
     -------
@@ -64,8 +68,18 @@ def convert_legacy(
     def stream() -> Iterator[bytes]:
         # The 0.0.1 files stay untouched until the new commit lands, so reading them
         # while writing is safe even in place.
+        pending = pending_bytes = 0
         for index in range(len(source)):
-            yield source[index]
+            record = source[index]
+            if progress is not None:
+                pending += 1
+                pending_bytes += len(record)
+                if pending >= 1024:
+                    progress(pending, pending_bytes)
+                    pending = pending_bytes = 0
+            yield record
+        if progress is not None and pending:
+            progress(pending, pending_bytes)
 
     with SplitWriter(
         dest_dir,

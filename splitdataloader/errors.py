@@ -6,6 +6,7 @@ Each class also inherits the built-in exception that callers would naturally cat
     SplitDataError
     ├── DatasetNotFoundError            (FileNotFoundError)
     │   └── UncommittedDatasetError     files exist but no commit was ever made
+    ├── DatasetExistsError              (FileExistsError) a dataset is where a new one goes
     ├── DatasetFormatError              (ValueError) manifest or index is not valid
     │   ├── UnsupportedFormatError      unknown format name or version
     │   └── UnsafeDatasetError          a name escapes the dataset root, or a size is absurd
@@ -22,9 +23,17 @@ Each class also inherits the built-in exception that callers would naturally cat
     ├── KeyUnavailableError             (PermissionError) no key for a key id
     ├── RecordTypeError                 (TypeError) a record is not a contiguous bytes-like
     ├── RecordTooLargeError             (ValueError) a record does not fit the format
+    ├── SourceFormatError               (ValueError) an input to pack is not of its kind
+    ├── SampleFormatError               (ValueError) a record is not a valid sample record
     ├── CommitConflictError             (RuntimeError) another writer committed first
+    │   └── PartConflictError           another writer took the part id (pending or joined)
+    ├── PartNotFoundError               (FileNotFoundError) no written part has the id
+    ├── PartMismatchError               (ValueError) parts written with other settings
+    ├── PartAlreadyJoinedError          (RuntimeError) a part is in the dataset already
     ├── ReadOnlyDatasetError            (PermissionError) e.g. a 0.0.1 dataset
     ├── WriterClosedError               (RuntimeError) the writer was committed or aborted
+    ├── SamplingError                   (ValueError) a bad seed, epoch, rank or worker split
+    │   └── ResumeStateError            a resume state of another dataset, seed or split
     └── WorkerError                     (ChildProcessError) a prefetch worker failed
         └── WorkerDiedError             the worker process ended early (killed, crashed)
 
@@ -40,6 +49,7 @@ __all__ = [
     "CodecConfigError",
     "CommitConflictError",
     "CorruptDataError",
+    "DatasetExistsError",
     "DatasetFormatError",
     "DatasetNotFoundError",
     "DecodeError",
@@ -47,11 +57,19 @@ __all__ = [
     "KeyUnavailableError",
     "MissingDataFileError",
     "MissingPluginError",
+    "PartAlreadyJoinedError",
+    "PartConflictError",
+    "PartMismatchError",
+    "PartNotFoundError",
     "PluginConflictError",
     "PluginError",
     "ReadOnlyDatasetError",
     "RecordTooLargeError",
     "RecordTypeError",
+    "ResumeStateError",
+    "SampleFormatError",
+    "SamplingError",
+    "SourceFormatError",
     "SplitDataError",
     "StorageError",
     "TruncatedDataError",
@@ -120,6 +138,11 @@ class DatasetNotFoundError(SplitDataError, FileNotFoundError):
 
 class UncommittedDatasetError(DatasetNotFoundError):
     """Data files exist but no write ever committed: the writer crashed or was aborted."""
+
+
+class DatasetExistsError(SplitDataError, FileExistsError):
+    """A dataset already exists where a new one was to be created (neither appending to it
+    nor replacing it was asked for)."""
 
 
 class DatasetFormatError(SplitDataError, ValueError):
@@ -193,6 +216,28 @@ class CommitConflictError(SplitDataError, RuntimeError):
     """Another writer committed to the dataset since this writer started."""
 
 
+class PartConflictError(CommitConflictError):
+    """A part with the same id was already written to the dataset, or already joined.
+
+    Part ids name the parts of a dataset for its whole life: a second writer given an id
+    that is taken fails, and the first writer's part is left untouched.
+    """
+
+
+class PartNotFoundError(SplitDataError, FileNotFoundError):
+    """No written (and not yet joined) part has the id given to a join."""
+
+
+class PartMismatchError(SplitDataError, ValueError):
+    """A part was written with another bin count, codec chain or checksum than the other
+    parts of a join or the dataset, or for another dataset."""
+
+
+class PartAlreadyJoinedError(SplitDataError, RuntimeError):
+    """A part given to a join is in the dataset already: joining it again would duplicate
+    its records."""
+
+
 class StorageError(SplitDataError, OSError):
     """Reading or writing an object failed, after the filesystem's own retries.
 
@@ -202,12 +247,31 @@ class StorageError(SplitDataError, OSError):
     """
 
 
+class SourceFormatError(SplitDataError, ValueError):
+    """An input to pack is not of the kind given or detected: a line that is not JSON, a
+    damaged tar file, a sample with a repeated field (names the file, line or member)."""
+
+
+class SampleFormatError(SplitDataError, ValueError):
+    """A record is not a valid sample record (see :mod:`splitdataloader.pack`)."""
+
+
 class ReadOnlyDatasetError(SplitDataError, PermissionError):
     """The dataset cannot be written in place (a splitdataloader 0.0.1 dataset)."""
 
 
 class WriterClosedError(SplitDataError, RuntimeError):
     """The writer was already committed and closed, or aborted."""
+
+
+class SamplingError(SplitDataError, ValueError):
+    """An epoch or split argument is invalid: a negative seed or epoch, a rank outside
+    ``[0, world_size)``, no workers, a block size of 0, an unknown ``even`` mode."""
+
+
+class ResumeStateError(SamplingError):
+    """A resume state does not belong here: it was saved for another dataset, seed, world
+    size or order, or it is malformed or past the end of its epoch."""
 
 
 class WorkerError(SplitDataError, ChildProcessError):

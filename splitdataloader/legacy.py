@@ -60,8 +60,7 @@ class LegacyDataset:
             self._index_map = storage.map_file(LEGACY_INDEX_NAME, self._index_size)
         self.bin_names = legacy_bin_names(storage)
         self._by_bin: (
-            tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
-            | None
+            tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]] | None
         ) = None
 
     @property

@@ -43,6 +43,7 @@ from .storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from .codecs import KeyProvider
+    from .epochs import EpochShard, RecordMap
 
 __all__ = ["SplitDataLoader"]
 
@@ -132,6 +133,7 @@ class SplitDataLoader:
         self._readers: list[CommitReader] = []
         self._starts: list[int] = []
         self.manifest: Manifest | None = None
+        self._epoch_records: RecordMap | None = None
         raw = self._read_manifest()
         self._manifest_raw = raw
         if raw is None:
@@ -172,7 +174,7 @@ class SplitDataLoader:
 
         ring = key_ring(keys, key_providers)
         env = environment(self._storage, manifest.dataset_id, ring)
-        pipeline = open_pipeline(manifest.codecs, env)
+        pipeline = open_pipeline(manifest.codecs, env, self._storage)
         decode = pipeline.decode
         dataset_id = manifest.dataset_id
 
@@ -415,6 +417,57 @@ class SplitDataLoader:
         # Without markers every item is a chunk.
         plain = cast("Iterator[list[bytes]]", self._bin_chunks(order, rngs))
         return itertools.chain.from_iterable(plain)
+
+    def epoch(
+        self,
+        epoch: int = 0,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        mix_bins: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        even: str | None = None,
+    ) -> EpochShard:
+        """Rank ``rank``'s share of epoch ``epoch``: a reproducible, resumable order.
+
+        The order is a function of ``(seed, epoch)`` only: bins permuted, records permuted
+        within each bin, or within groups of ``mix_bins`` bins (see
+        :mod:`splitdataloader.sampling`). The ranks of ``world_size`` take disjoint runs
+        that together cover the epoch; ``even="pad"`` (repeats) or ``"drop"`` (leaves out
+        the remainder) gives every rank the same number of records. Building the share
+        reads nothing (a 0.0.1 dataset's index is read once per loader); iterating it reads
+        a batch of records at a time with :meth:`get_many`.
+
+        Returns
+        -------
+        EpochShard
+            ``len()`` records; ``iterate(start, worker=, workers=, block_size=)`` reads them
+            (from ``start``, or a worker's blocks only), ``indices(...)`` gives their record
+            indices, ``state_dict(consumed)`` and ``resume_from(state)`` save and restore
+            the position.
+
+        Raises
+        ------
+        SamplingError
+            If ``seed`` or ``epoch`` is negative, ``mix_bins`` or ``world_size`` < 1,
+            ``rank`` is outside ``[0, world_size)`` or ``even`` is unknown.
+        """
+        from .epochs import EpochShard, RecordMap  # noqa: PLC0415 - loaded when first used
+
+        if self._epoch_records is None:
+            self._epoch_records = RecordMap.of(self)
+        return EpochShard(
+            self,
+            self._epoch_records,
+            epoch=epoch,
+            seed=seed,
+            shuffle=shuffle,
+            mix_bins=mix_bins,
+            rank=rank,
+            world_size=world_size,
+            even=even,
+        )
 
     def _bin_chunks(
         self,

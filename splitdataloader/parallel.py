@@ -25,6 +25,10 @@ __all__ = ["bin_states", "parallel_chunks"]
 
 #: Sent by a worker after the last chunk of each bin.
 _END_OF_BIN = None
+#: Chunks (up to :data:`~splitdataloader.iteration.CHUNK_RECORDS` records, often hundreds of
+#: KiB) of this size or more cross in shared memory: one copy each way, where the pipe would
+#: take a round trip between the processes for every 64 KiB.
+_CHUNK_SHM_THRESHOLD = 64 << 10
 
 
 def bin_states(
@@ -68,9 +72,9 @@ def parallel_chunks(
     for k in range(workers):
         bins = list(order[k::workers])
         mine = None if states is None else list(states[k::workers])
-        iterator = MpQItr[list[bytes] | None].with_options(start_method=start_method)(
-            _worker_chunks, loader, bins, mine
-        )
+        iterator = MpQItr[list[bytes] | None].with_options(
+            start_method=start_method, shm_threshold=_CHUNK_SHM_THRESHOLD
+        )(_worker_chunks, loader, bins, mine)
         iterators.append(iterator)
     try:
         for iterator in iterators:
@@ -79,6 +83,11 @@ def parallel_chunks(
             iterator = iterators[j % workers]
             while (chunk := next(iterator)) is not _END_OF_BIN:
                 yield chunk
+        for iterator in iterators:
+            # Take each worker's end message: a worker that has finished exits by itself,
+            # where close() would stop it with a signal in the middle of its cleanup.
+            for _ in iterator:
+                pass
     finally:
         for iterator in iterators:
             iterator.close()

@@ -1,20 +1,22 @@
 """Carry large items from a prefetch worker to its consumer through shared memory.
 
 The worker side, :class:`Encoder`, turns each item into one pipe message: the item's pickle,
-or, for a large bytes-like item or a pickle whose out-of-band buffers (numpy arrays) reach a
-threshold, a small *descriptor* of a :class:`~multiprocessing.shared_memory.SharedMemory` block
-that holds the payload. The consumer side, :class:`Reader`, turns a message back into an item,
-copying the payload into a fresh object, so that no item refers to shared memory. This module
-owns the blocks: their names, their reuse, and their removal. It knows nothing of processes,
-of the order of items, or of what the items are.
+or, for a large bytes-like item, a pickle whose out-of-band buffers (numpy arrays) reach a
+threshold, or a pickle that reaches it by itself, a small *descriptor* of a
+:class:`~multiprocessing.shared_memory.SharedMemory` block that holds the payload. Items are
+pickled by picklers kept for the worker's life. The consumer side, :class:`Reader`, turns a
+message back into an item, copying the payload into a fresh object, so that no item refers to
+shared memory. This module owns the blocks: their names, their reuse, and their removal. It
+knows nothing of processes, of the order of items, or of what the items are.
 
 Each worker keeps a small pool of blocks and reuses them: the reader sends a block's *slot*
 back through a second pipe once it has copied the payload out, and the encoder waits for a
-free slot when all of them are in flight, which bounds the shared memory in use. Reusing
-blocks matters: allocating the pages of a fresh block and freeing them costs several times
-more than copying the payload. Blocks are named ``<prefix>-<sequence number>``, the prefix
-(:func:`new_prefix`) being made per pass from the consumer's pid and random bits plus the
-worker id: never a fixed name, so two iterators never collide.
+free slot when all of them are in flight, which bounds the shared memory in use; it takes the
+free block that fits the payload, when one does. Reusing blocks matters: allocating the pages
+of a fresh block and freeing them costs several times more than copying the payload. Blocks
+are named ``<prefix>-<sequence number>``, the prefix (:func:`new_prefix`) being made per pass
+from the consumer's pid and random bits plus the worker id: never a fixed name, so two
+iterators never collide.
 
 Removal: the reader unlinks every block it has opened when it is closed, and a block as soon
 as its slot gets a new one (too small, or far too large, for a payload); :meth:`Encoder.abandon`
@@ -26,6 +28,7 @@ worker exits, items on their way included.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import logging
 import os
@@ -65,8 +68,9 @@ SUPPORTED = os.name == "posix"
 #: a descriptor is told from an item without unpickling it.
 TAG = ord("S")
 
-# Payload kinds in a descriptor.
-_BYTES, _BYTEARRAY, _PICKLE = 0, 1, 2
+# Payload kinds in a descriptor: a bytes or bytearray item; the out-of-band buffers of a
+# pickle that travels in the descriptor; a whole pickle.
+_BYTES, _BYTEARRAY, _PICKLE, _INBAND = 0, 1, 2, 3
 # Out-of-band buffers start on this boundary within a block, so arrays come back aligned.
 _ALIGN = 64
 # A block is reused for payloads down to a quarter of its size; smaller ones get a new one.
@@ -78,6 +82,8 @@ _LINUX = sys.platform.startswith("linux")
 _DEV_SHM = "/dev/shm"
 # os.pread returns at most about 2 GiB at once on Linux; larger payloads use the map.
 _MAX_PREAD = 1 << 30
+# The reducers multiprocessing adds to copyreg's: a pickler is made again when they change.
+_EXTRA_REDUCERS: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
 
 
 def dumps(
@@ -109,6 +115,68 @@ def prepare() -> None:
     """
     if sys.version_info < (3, 13):
         resource_tracker.ensure_running()
+
+
+class _Sink:
+    """The file a reused pickler writes to: it keeps the pieces (frames, large payloads)."""
+
+    __slots__ = ("parts", "write")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.write = self.parts.append
+
+
+class _Pickling:
+    """Pickle items as :func:`dumps` does, with one pickler kept for each way.
+
+    Making a pickler per item (as :meth:`ForkingPickler.dumps` does) costs ten times more
+    than pickling a small item. The picklers are made again when a reducer is registered.
+    """
+
+    def __init__(self) -> None:
+        self._sink = _Sink()
+        #: The out-of-band buffers of the last :meth:`dump` with ``out_of_band``.
+        self.buffers: list[pickle.PickleBuffer] = []
+        self._picklers: dict[bool, pickle.Pickler] = {}
+        self._registered = (-1, -1)
+
+    def dump(self, obj: object, *, out_of_band: bool = False) -> list[bytes | memoryview]:
+        """The pickle of ``obj`` in pieces; with ``out_of_band``, buffers go to :attr:`buffers`.
+
+        A piece may be a large payload of ``obj`` itself, not a copy.
+        """
+        registered = len(copyreg.dispatch_table), len(_EXTRA_REDUCERS)
+        if registered != self._registered:
+            self._picklers.clear()
+            self._registered = registered
+        pickler = self._picklers.get(out_of_band)
+        if pickler is None:
+            pickler = self._make(out_of_band)
+        parts = self._sink.parts
+        parts.clear()
+        self.buffers.clear()  # left over if the last item failed half-way
+        try:
+            pickler.dump(obj)
+        finally:
+            pickler.clear_memo()  # no references kept to the item, nor from one item to the next
+        pieces = parts[:]
+        parts.clear()
+        return pieces
+
+    def _make(self, out_of_band: bool) -> pickle.Pickler:
+        sink = self._sink
+        # append returns None: every buffer goes out of band.
+        callback = self.buffers.append if out_of_band else None
+        pickler = pickle.Pickler(sink, 5, buffer_callback=callback)
+        pickler.dispatch_table = ForkingPickler(sink, 5).dispatch_table
+        self._picklers[out_of_band] = pickler
+        return pickler
+
+
+def _joined(parts: list[bytes | memoryview]) -> bytes:
+    part = parts[0]
+    return part if len(parts) == 1 and type(part) is bytes else b"".join(parts)
 
 
 class _Block(NamedTuple):
@@ -157,6 +225,7 @@ class Encoder:
         self._sequence = 0
         self._making: str | None = None
         self._warned = False
+        self._pickling = _Pickling()
 
     def encode(self, item: object) -> bytes | memoryview:
         """The message for ``item``. A memoryview arrives as bytes.
@@ -167,30 +236,52 @@ class Encoder:
             Whatever pickling ``item`` raised.
         """
         kind = type(item)
+        prefix = self._prefix
         if kind is bytes or kind is bytearray or kind is memoryview:
             view = memoryview(item)  # type: ignore[arg-type]  # one of the three types above
-            if self._prefix is not None and view.nbytes >= self._threshold:
+            if prefix is not None and view.nbytes >= self._threshold:
                 flat = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
                 code = _BYTEARRAY if kind is bytearray else _BYTES
-                message = self._to_block(self._prefix, code, [flat])
+                message = self._to_block(prefix, code, [flat])
                 if message is not None:
                     return message
-            return dumps(view.tobytes() if kind is memoryview else item)
-        if self._prefix is None:
-            return dumps(item)
-        buffers: list[pickle.PickleBuffer] = []
-        data = dumps(item, buffers.append)  # append returns None: every buffer out of band
-        if not buffers:
-            return data
+            return _joined(self._pickling.dump(view.tobytes() if kind is memoryview else item))
+        if prefix is None:
+            return _joined(self._pickling.dump(item))
+        return self._encode_object(prefix, item)
+
+    def _encode_object(self, prefix: str, item: object) -> bytes | memoryview:
+        pickling = self._pickling
+        parts = pickling.dump(item, out_of_band=True)
+        buffers = pickling.buffers
+        if buffers:
+            message = self._out_of_band(prefix, parts, buffers)
+            if message is not None:
+                return message
+            parts = pickling.dump(item)
+        elif len(parts) == 1 and len(parts[0]) < self._threshold:
+            return parts[0]  # a small pickle, in one piece that the pickler made
+        # A large pickle of its own (many small records, say) goes through a block as well.
+        flat = [memoryview(part).cast("B") for part in parts]
+        if sum(part.nbytes for part in flat) >= self._threshold:
+            message = self._to_block(prefix, _INBAND, flat, align=1)
+            if message is not None:
+                return message
+        return _joined(parts)
+
+    def _out_of_band(
+        self, prefix: str, parts: list[bytes | memoryview], buffers: list[pickle.PickleBuffer]
+    ) -> bytes | None:
+        """The message for a pickle with out-of-band ``buffers`` that reach the threshold."""
         try:
             views = [buffer.raw() for buffer in buffers]
         except BufferError:  # a non-contiguous buffer: let pickle copy it in band
-            views = []
-        if views and sum(view.nbytes for view in views) >= self._threshold:
-            message = self._to_block(self._prefix, _PICKLE, views, bytes(data))
-            if message is not None:
-                return message
-        return dumps(item)
+            return None
+        finally:
+            buffers.clear()
+        if sum(view.nbytes for view in views) < self._threshold:
+            return None
+        return self._to_block(prefix, _PICKLE, views, _joined(parts))
 
     def abandon(self) -> None:
         """Unlink every block of the pool: the consumer will read none of them now."""
@@ -204,15 +295,21 @@ class Encoder:
             self._making = None
 
     def _to_block(
-        self, prefix: str, kind: int, views: list[memoryview], skeleton: bytes | None = None
+        self,
+        prefix: str,
+        kind: int,
+        views: list[memoryview],
+        skeleton: bytes | None = None,
+        *,
+        align: int = _ALIGN,
     ) -> bytes | None:
         layout: list[tuple[int, int]] = []
         size = 0  # where the last buffer ends: what the reader copies
         for view in views:
-            offset = -(-size // _ALIGN) * _ALIGN
+            offset = -(-size // align) * align
             layout.append((offset, view.nbytes))
             size = offset + view.nbytes
-        slot = self._take_slot()
+        slot = self._take_slot(size)
         try:
             block = self._fill(prefix, slot, size, views, layout)
         except OSError as err:  # /dev/shm full (64 MiB in Docker), missing, read-only, ...
@@ -263,17 +360,23 @@ class Encoder:
         self._making = None
         return block
 
-    def _take_slot(self) -> int:
+    def _take_slot(self, size: int) -> int:
+        """A free slot, best one whose block fits ``size`` bytes (so that the last, short
+        chunk of a run does not replace a block that the next full one needs again)."""
         self._collect(0)
-        if self._free:
-            return self._free.pop()
-        if len(self._pool) < self._slots:
-            self._pool.append(None)
-            return len(self._pool) - 1
-        while not self._free:
+        free = self._free
+        pool = self._pool
+        for k in range(len(free) - 1, -1, -1):
+            block = pool[free[k]]
+            if block is not None and size <= block.size <= _SHRINK * size:
+                return free.pop(k)
+        if len(pool) < self._slots:
+            pool.append(None)
+            return len(pool) - 1
+        while not free:
             if not self._collect(self._wait_interval):
                 self._check()
-        return self._free.pop()
+        return free.pop()
 
     def _collect(self, timeout: float) -> bool:
         """Take the slots the reader returned, waiting up to ``timeout``; whether any came."""
@@ -305,7 +408,7 @@ class Reader:
         self._free_conn = free
         self._blocks: dict[int, tuple[str, SharedMemory]] = {}
 
-    def decode(self, message: bytes) -> tuple[Any, int]:
+    def decode(self, message: bytes | memoryview) -> tuple[Any, int]:
         """The item a message carries, and how many bytes came from shared memory (0: none).
 
         Raises
@@ -319,6 +422,8 @@ class Reader:
         memory = self._open(slot, name)
         if kind == _BYTES:
             item: Any = _read_bytes(memory, size)
+        elif kind == _INBAND:
+            item = pickle.loads(_read_bytes(memory, size))
         else:
             with _buffer(memory)[:size] as view:
                 data = bytearray(view)
@@ -370,7 +475,7 @@ class Reader:
         return memory
 
 
-def discard(message: bytes) -> None:
+def discard(message: bytes | memoryview) -> None:
     """Unlink the block of a message that will not be decoded (nothing for a pickle)."""
     if message[:1] == bytes([TAG]):
         try:

@@ -35,10 +35,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_PART_SIZE",
+    "FileInfo",
     "ManifestChangedError",
     "ManifestVersion",
     "Storage",
     "StorageSpec",
+    "open_input",
     "open_storage",
 ]
 
@@ -57,6 +59,27 @@ class ManifestVersion:
     etag: str | None = None
 
 
+@dataclass(frozen=True)
+class FileInfo:
+    """A stored file's size in bytes and when it was last written (POSIX seconds, or
+    ``None`` when the filesystem does not say)."""
+
+    size: int
+    modified: float | None
+
+
+def _modified(item: dict[str, Any]) -> float | None:
+    """The modification time in an fsspec listing entry, whatever the filesystem calls it."""
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = item.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        timestamp = getattr(value, "timestamp", None)  # a datetime (S3's LastModified)
+        if callable(timestamp):
+            return float(timestamp())
+    return None
+
+
 class ManifestChangedError(Exception):
     """The manifest is no longer the version a writer started from (internal signal)."""
 
@@ -66,7 +89,8 @@ class StorageSpec:
     """A picklable description of a storage location: enough to rebuild it anywhere."""
 
     url: str
-    options: dict[str, Any] = field(default_factory=dict)
+    #: Left out of the repr: options hold credentials.
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def open(self) -> Storage:
         return open_storage(self.url, self.options)
@@ -92,10 +116,15 @@ class _LocalWriter:
 
     def write(self, data: Any) -> int | None:
         assert self._file is not None, "write after close"  # internal invariant
-        view = memoryview(data)
-        written = 0
-        while written < len(view):
-            written += self._file.write(view[written:]) or 0
+        # No memoryview in this frame unless a write falls short: a sampling profiler
+        # (Dask's workers run one) can keep the frame, and a view in it, alive after the
+        # call, and the writer then could not clear its reused buffer.
+        written = self._file.write(data) or 0
+        if written < len(data):  # a short write (e.g. interrupted): write the rest
+            with memoryview(data) as view:
+                while written < len(view):
+                    with view[written:] as rest:
+                        written += self._file.write(rest) or 0
         return written
 
     def close(self) -> None:
@@ -282,7 +311,9 @@ class Storage:
             with open(path, "rb") as handle:
                 if max_size is None:
                     return handle.read()
-                return handle.read(max_size + 1)
+                # read(n) allocates n bytes first: ask for no more than the file holds.
+                size = os.fstat(handle.fileno()).st_size
+                return handle.read(min(size, max_size) + 1)
         with self.failures(name, "reading"):
             if max_size is not None:
                 return self._cat_range(path, 0, max_size + 1)
@@ -434,6 +465,37 @@ class Storage:
             if item.get("type") == "file" and item["name"].startswith(prefix)
         }
 
+    def list_files(self, directory: str) -> dict[str, FileInfo]:
+        """Size and modification time of the files directly inside ``directory`` (``""``:
+        the root), by name relative to the root; one listing."""
+        base = self.path(directory) if directory else self.root
+        found: dict[str, FileInfo] = {}
+        if self.is_local:
+            try:
+                with os.scandir(base) as entries:
+                    for entry in entries:
+                        if entry.is_file(follow_symlinks=False):
+                            info = entry.stat(follow_symlinks=False)
+                            name = f"{directory}/{entry.name}" if directory else entry.name
+                            found[name] = FileInfo(info.st_size, info.st_mtime)
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            return found
+        prefix = base.rstrip("/") + "/"
+        try:
+            with self.failures(directory, "listing"):
+                self.fs.invalidate_cache(base)
+                listed = self.fs.ls(base, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        for item in listed:
+            if item.get("type") != "file" or not item["name"].startswith(prefix):
+                continue
+            relative = item["name"][len(prefix) :]
+            name = f"{directory}/{relative}" if directory else relative
+            found[name] = FileInfo(int(item.get("size") or 0), _modified(item))
+        return found
+
     # -- writes
 
     def makedirs(self, *directories: str) -> None:
@@ -496,6 +558,88 @@ class Storage:
                 raise ManifestChangedError(self.display(name))
             self.replace_file(name, data, durable)
         return ManifestVersion(data)
+
+    def create_file(self, name: str, data: bytes, durable: bool) -> None:
+        """Write ``name`` in one atomic step, only if it does not exist yet.
+
+        On S3 this is one conditional PUT (``If-None-Match: *``): of two writers creating
+        the same object at once exactly one succeeds. On local disk the file is written
+        under a temporary name and hard-linked to ``name``, which fails if ``name``
+        exists. Elsewhere the check and the write are two steps.
+
+        Raises
+        ------
+        FileExistsError
+            If ``name`` exists; it is left as it was.
+        """
+        if self.is_s3:
+            try:
+                with self.failures(name, "creating"):
+                    objectstore.put_if(self.fs, self.path(name), data, None)
+            except objectstore.PreconditionFailedError as err:
+                raise FileExistsError(self.display(name)) from err
+            return
+        if not self.is_local:
+            with self.commit_lock():
+                if self.exists(name):
+                    raise FileExistsError(self.display(name))
+                self.replace_file(name, data, durable)
+            return
+        target = self.path(name)
+        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            try:
+                os.link(temporary, target)  # atomic, and refuses an existing target
+            except FileExistsError:
+                raise
+            except OSError:
+                # No hard links here (some network and FAT filesystems): an exclusive
+                # create still refuses an existing file, though its bytes appear in steps.
+                with open(target, "xb") as handle:
+                    handle.write(data)
+                    if durable:
+                        handle.flush()
+                        os.fsync(handle.fileno())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        if durable:
+            self._sync_directory(os.path.dirname(target))
+
+    def read_files(self, names: Sequence[str], max_size: int) -> dict[str, bytes | None]:
+        """Read small whole files, concurrently where the filesystem allows.
+
+        Returns the bytes of each name (at most ``max_size + 1`` of them, so that a caller
+        can tell an oversized file), or ``None`` for a file that does not exist.
+        """
+        if self.is_local or len(names) < 2:
+            found: dict[str, bytes | None] = {}
+            for name in names:
+                try:
+                    found[name] = self.read_file(name, max_size)
+                except FileNotFoundError:
+                    found[name] = None
+            return found
+        paths = [self.path(name) for name in names]
+        try:
+            results = self.fs.cat(paths, on_error="return")
+        except Exception as err:
+            raise self.failed(names[0], "reading", err) from err
+        out: dict[str, bytes | None] = {}
+        for name, path in zip(names, paths):
+            result = results.get(path, FileNotFoundError(path))
+            if isinstance(result, FileNotFoundError):
+                out[name] = None
+            elif isinstance(result, BaseException):
+                raise self.failed(name, "reading", result) from result
+            else:
+                out[name] = result[: max_size + 1]
+        return out
 
     def replace_file(self, name: str, data: bytes, durable: bool) -> None:
         """Write ``name`` in one atomic step: readers see the old or the new bytes, never a mix."""
@@ -577,3 +721,27 @@ def url_scheme(url: str) -> str | None:
 def open_storage(url: str, options: dict[str, Any] | None = None) -> Storage:
     """Resolve ``url`` and fsspec ``options`` to a :class:`Storage`."""
     return Storage(url, options)
+
+
+def open_input(url: str, options: dict[str, Any] | None = None) -> IO[bytes]:
+    """Open one file, a local path or any fsspec URL, for reading as a binary stream.
+
+    For input that is not a dataset (files to pack); the caller closes the stream.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    StorageError
+        If the filesystem fails to open it.
+    """
+    if url_scheme(url) is None:
+        return open(url, "rb")  # the caller closes it
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(options or {}))
+        stream: IO[bytes] = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise StorageError(f"opening {url} failed: {err}", path=url) from err
+    return stream

@@ -21,11 +21,12 @@ from __future__ import annotations
 import array
 import contextlib
 import datetime
+import json
 import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ from .format import (
     MAX_MANIFEST_BYTES,
     MAX_RECORD_BYTES,
     META_DIR,
+    PARTS_DIR,
     SEGMENT_HEADER,
     Commit,
     IndexRef,
@@ -81,6 +83,22 @@ _DATA_BUFFER_TOTAL = 16 << 20
 _DATA_BUFFER_MIN = 64 << 10
 _DATA_BUFFER_MAX = 1 << 20
 _ENTRY_BUDGET = 8 << 20
+#: The format's own top-level manifest keys: not for :meth:`SplitWriter.set_metadata`.
+_RESERVED_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "dataset_id",
+        "generation",
+        "checksum",
+        "codecs",
+        "resources",
+        "records",
+        "bins",
+        "commits",
+        "manifest_checksum",
+    }
+)
 
 
 class _OpenSegment:
@@ -217,6 +235,8 @@ class SplitWriter:
         )
         self._commit_number = 0
         self._committed_resources: set[str] = set()
+        self._added_resources: list[str] = []
+        self._metadata: dict[str, Any] = {}
         self._session_records = 0
         self._dirs_made = False
         self._reset_commit_state()
@@ -270,6 +290,56 @@ class SplitWriter:
         if self._closed:
             raise WriterClosedError(f"the writer of {self.url} is closed")
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The manifest's extra top-level keys as the next commit will write them."""
+        return {**(self._base.extra if self._base else {}), **self._metadata}
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        """Store a JSON value under a top-level key of the manifest, from the next commit on.
+
+        Readers ignore keys they do not know and writers keep them (``docs/format.md``
+        §2), so tools can record what they stored. Keep values small: the manifest is
+        read whenever the dataset is opened.
+
+        Raises
+        ------
+        ValueError
+            If ``key`` is one of the format's own keys, or ``value`` is not JSON.
+        """
+        self._check_open()
+        if not isinstance(key, str) or key in _RESERVED_KEYS:
+            raise ValueError(f"{key!r} is not a free manifest key")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"metadata {key!r} is not JSON: {err}") from None
+        self._metadata[key] = value
+
+    def add_resource(self, hint: str, data: bytes) -> str:
+        """Store an immutable file under ``meta/``, listed in the manifest's ``resources``
+        from the next commit on (and deleted if this writer aborts first).
+
+        Returns
+        -------
+        str
+            Its name relative to the dataset root, to record (e.g. in :meth:`set_metadata`).
+        """
+        self._check_open()
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in hint)[:64] or "data"
+        number = len(self._committed_resources) + len(self._added_resources)
+        name = f"{META_DIR}/{self._session}-x{number:03d}-{safe}"
+        self._storage.makedirs(META_DIR)
+        writer = self._storage.open_writer(name, self._durable)
+        try:
+            writer.write(data)
+            writer.close()
+        except BaseException:
+            writer.discard()
+            raise
+        self._added_resources.append(name)
+        return name
+
     # ------------------------------------------------------------------ writing
 
     def write(self, record: Any) -> int:
@@ -283,33 +353,35 @@ class SplitWriter:
         self._check_open()
         base = self._base.records if self._base else 0
         index = base + self._commit_records + self._held_back()
-        self._write_batch(self._through_sample((record,)))
+        self._write_records((record,))
         return index
 
     def write_many(self, records: Iterable[Any]) -> int:
         """Add every record of ``records``; returns how many were added."""
         self._check_open()
         before = self._commit_records + self._held_back()
-        self._write_batch(self._through_sample(records))
+        self._write_records(records)
         return self._commit_records + self._held_back() - before
 
     def _held_back(self) -> int:
         sample = self._codecs.sample
         return len(sample) if sample is not None else 0
 
-    def _through_sample(self, records: Iterable[Any]) -> Iterable[Any]:
-        """While codecs still train, hold the first records back; then release them."""
+    def _write_records(self, records: Iterable[Any]) -> None:
+        """While codecs still train, hold the first records back; then write them and the
+        rest through the trained chain."""
         if self._codecs.sample is None:
-            return records
-        return self._sampling(iter(records))
-
-    def _sampling(self, records: Iterator[Any]) -> Iterator[Any]:
+            self._write_batch(records)
+            return
         base = (self._base.records if self._base else 0) + self._commit_records
-        for record in records:
+        remaining = iter(records)
+        for record in remaining:
             position = base + self._held_back()
             if self._codecs.add_to_sample(as_byte_view(record, position, self._held_back())):
-                yield from self._codecs.finish_sample(base)
-                yield from records
+                # Separate batches: a batch binds the chain when it starts, and the chain
+                # is only complete once trained.
+                self._write_batch(self._codecs.finish_sample(base))
+                self._write_batch(remaining)
                 return
 
     def _write_batch(self, records: Iterable[Any]) -> None:
@@ -470,13 +542,16 @@ class SplitWriter:
         storage = self._storage
         base = self._base
         fresh_resources = tuple(
-            r for r in self._codecs.created if r not in self._committed_resources
+            r
+            for r in (*self._codecs.created, *self._added_resources)
+            if r not in self._committed_resources
         )
         if (
             self._commit_records == 0
             and base is not None
             and self._replaced is None
             and not fresh_resources
+            and not self._metadata
         ):
             return base
         commit: Commit | None = None
@@ -494,7 +569,7 @@ class SplitWriter:
             commits=commits,
             codecs=self._codecs.configs(),
             resources=(base.resources if base else ()) + fresh_resources,
-            extra=base.extra if base else {},
+            extra={**(base.extra if base else {}), **self._metadata},
         )
         data = dump_manifest(manifest)
         if commit is not None:
@@ -513,6 +588,7 @@ class SplitWriter:
             ) from err
         self._base = manifest
         self._committed_resources.update(fresh_resources)
+        self._metadata = {}
         if self._replaced is not None or self._start_clean:
             self._remove_replaced(manifest)
         self._session_records += self._commit_records
@@ -556,12 +632,16 @@ class SplitWriter:
         )
 
     def _remove_replaced(self, manifest: Manifest) -> None:
-        """After a start_clean commit: delete what the new manifest no longer references."""
+        """After a start_clean commit: delete what the new manifest no longer references.
+
+        Parts waiting to be joined go too, their manifests first: they were written for
+        the replaced dataset, and must never be joined once their files are deleted.
+        """
         keep = set(manifest.files())
         storage = self._storage
         stale = [
             name
-            for directory in (DATA_DIR, INDEX_DIR, META_DIR)
+            for directory in (PARTS_DIR, DATA_DIR, INDEX_DIR, META_DIR)
             for name in storage.list_names(directory)
             if name not in keep
         ]
@@ -582,7 +662,11 @@ class SplitWriter:
         self._storage.remove([s.name for s in self._segments])
         self._storage.remove([f"{INDEX_DIR}/{self._session}-c{self._commit_number:04d}.idx"])
         self._storage.remove(
-            [r for r in self._codecs.created if r not in self._committed_resources]
+            [
+                r
+                for r in (*self._codecs.created, *self._added_resources)
+                if r not in self._committed_resources
+            ]
         )
         self._close_scratch()
         self._reset_commit_state()

@@ -249,3 +249,39 @@ def not_iterable() -> int:
 
 def ignore_keyword(*, lock: object) -> Iterator[int]:
     yield 1
+
+
+# --- frames of small items and large pickles (test_prefetch_outbox.py) ----------------------
+
+
+def records(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """``count`` distinct records of ``size`` bytes: a list whose pickle is large."""
+    return [(seed * 1_000_003 + i).to_bytes(8, "little") * (size // 8) for i in range(count)]
+
+
+def record_lists(n: int, count: int, size: int) -> Iterator[list[bytes]]:
+    for seed in range(n):
+        yield records(count, size, seed)
+
+
+def shared_twice(count: int) -> Iterator[list[list[bytes]]]:
+    """An item holding the same list twice, small and then large."""
+    for size in (8, 800):
+        inner = records(count, size)
+        yield [inner, inner]
+
+
+def mixed_item(kind: int, size: int, seed: int) -> Any:
+    """An item of one of four kinds, about ``size`` bytes, made from ``seed``."""
+    if kind == 0:
+        return random_bytes(seed, size)
+    if kind == 1:
+        return records(max(1, size // 64), 64, seed)
+    if kind == 2:
+        return np.arange(seed, seed + max(1, size // 8), dtype=np.int64)
+    return (seed, "x" * (size % 100))
+
+
+def mixed(specs: list[tuple[int, int, int]]) -> Iterator[Any]:
+    for kind, size, seed in specs:
+        yield mixed_item(kind, size, seed)

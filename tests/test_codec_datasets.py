@@ -88,6 +88,7 @@ def test_unknown_codec_in_a_manifest_names_it(dataset_root: str, dataset_url: st
     fs, root = fsspec.core.url_to_fs(dataset_url)
     manifest = json.loads(fs.cat_file(f"{root}/manifest.json"))
     manifest["codecs"] = [{"id": "brotli-nonexistent"}]
+    del manifest["manifest_checksum"]  # edited by hand: as if written without one
     fs.pipe_file(f"{root}/manifest.json", json.dumps(manifest).encode())
     with pytest.raises(MissingPluginError, match="brotli-nonexistent"):
         SplitDataLoader(dataset_url)
@@ -164,3 +165,21 @@ def test_random_access_with_codecs_is_one_ranged_read_per_record(
     assert [loader[i] for i in picks] == [records[i] for i in picks]
     assert len(calls) == len(picks)
     assert all(name.startswith("data/") for name, _, _ in calls)
+
+
+def test_records_after_a_dictionary_trained_mid_call_are_encoded(dataset_url: str) -> None:
+    # The sample fills up inside one write_many: what follows must go through the chain.
+    records = [b"record %05d " % k + b"common text " * 16 for k in range(400)]
+    write_split_data(
+        dataset_url,
+        records,
+        splits=3,
+        codecs=[{"id": "zstd", "dictionary": True, "sample_size": 50}],
+    )
+    with SplitDataLoader(dataset_url) as loader:
+        assert read_everything(loader) == records
+    import fsspec  # noqa: PLC0415 - only these tests look at raw files
+
+    fs, root = fsspec.core.url_to_fs(dataset_url)
+    stored = b"".join(fs.cat_file(path) for path in fs.find(f"{root}/data"))
+    assert b"common text common text" not in stored

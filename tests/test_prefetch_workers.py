@@ -7,6 +7,7 @@ this process, and the pass's shared memory blocks in ``/dev/shm``.
 
 from __future__ import annotations
 
+import copyreg
 import gc
 import multiprocessing
 import os
@@ -525,6 +526,51 @@ def test_strided_memoryviews_and_small_items_keep_their_values(
     item, size = reader.decode(bytes(encoder.encode(small_array)))
     assert size == 0
     assert np.array_equal(item, small_array)
+
+
+def test_a_free_block_that_fits_is_taken_so_alternating_sizes_make_no_new_ones(
+    transport: tuple[shm_module.Encoder, shm_module.Reader, str],
+) -> None:
+    encoder, reader, prefix = transport
+    # Each of these is too small for the other's block: a block per size, then reuse.
+    for size in (100_000, 20_000, 100_000, 20_000, 100_000, 20_000):
+        item, got = reader.decode(bytes(encoder.encode(b"s" * size)))
+        assert (item, got) == (b"s" * size, size)
+    assert our_blocks() == [f"{prefix}-0", f"{prefix}-1"]
+
+
+class Celsius:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+def shifted(celsius: Celsius) -> tuple[type[Celsius], tuple[float]]:
+    """A reducer that shows it was used: the copy is 1000 degrees warmer."""
+    return (Celsius, (celsius.degrees + 1000,))
+
+
+def test_a_reducer_registered_after_the_first_item_is_used(
+    transport: tuple[shm_module.Encoder, shm_module.Reader, str],
+) -> None:
+    encoder, reader, _ = transport
+    before, _ = reader.decode(bytes(encoder.encode(Celsius(20.0))))
+    assert before.degrees == 20.0
+    copyreg.pickle(Celsius, shifted)
+    try:
+        after, _ = reader.decode(bytes(encoder.encode(Celsius(20.0))))
+        assert after.degrees == 1020.0
+    finally:
+        del copyreg.dispatch_table[Celsius]
+
+
+def test_an_item_that_fails_to_pickle_leaves_nothing_for_the_next(
+    transport: tuple[shm_module.Encoder, shm_module.Reader, str],
+) -> None:
+    encoder, reader, _ = transport
+    with pytest.raises(TypeError):
+        encoder.encode([np.zeros(1000), threading.Lock()])  # its array went out of band
+    assert reader.decode(bytes(encoder.encode([1, 2]))) == ([1, 2], 0)
+    assert our_blocks() == []
 
 
 def test_a_name_taken_by_someone_else_is_left_alone_and_the_pipe_used(

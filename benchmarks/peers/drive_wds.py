@@ -1,0 +1,108 @@
+"""Driver for WebDataset (``webdataset``), through its public API.
+
+Write: ``ShardWriter(f"{path}/shard-%06d.tar")`` with its defaults (at most 100,000 samples
+or 3 GB per shard, no compression), one ``write({"__key__": ..., "bin": bytes(record)})``
+per record (``verbose=0`` only silences its progress lines). Read:
+``WebDataset(shard_paths, shardshuffle=False)`` for the sequential pass, and
+``WebDataset(shard_paths, shardshuffle=100).shuffle(1000)`` for the shuffled pass, as its
+documentation shows (shards in random order, records through a 1,000-sample buffer: an
+approximate shuffle). A tar file has no index, so WebDataset has no random access. On S3,
+each shard is streamed whole through ``pipe:aws s3 cp s3://... -``, the form its
+documentation gives for S3 (``awscli`` installed beside it).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import driver_common as c
+import webdataset as wds
+
+IMPORTED = c.vm_hwm()
+SHARD_PATTERN = "shard-%06d.tar"
+
+
+def info() -> dict[str, Any]:
+    return {"version": importlib.metadata.version("webdataset"), "vmhwm_imports": IMPORTED}
+
+
+def payload(sample: dict[str, Any]) -> Any:
+    return sample["bin"]
+
+
+def shard_urls(spec: c.Spec) -> list[str]:
+    shards = sorted(p.name for p in Path(spec["data"]).glob("shard-*.tar"))
+    c.check(bool(shards), f"no shards in {spec['data']}")
+    s3 = spec.get("s3")
+    if s3 is None:
+        return [str(Path(spec["data"]) / name) for name in shards]
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": s3["key"],
+            "AWS_SECRET_ACCESS_KEY": s3["secret"],
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    cp = f"pipe:aws --endpoint-url {s3['endpoint']} s3 cp --quiet"
+    return [f"{cp} s3://{s3['bucket']}/{s3['prefix']}/{name} -" for name in shards]
+
+
+def open_dataset(spec: c.Spec, shuffle: bool) -> Any:
+    urls = shard_urls(spec)
+    if shuffle:
+        return wds.WebDataset(urls, shardshuffle=100).shuffle(1000)
+    return wds.WebDataset(urls, shardshuffle=False)
+
+
+def phase_write(spec: c.Spec) -> c.Result:
+    inputs = c.Inputs(spec)
+    target = spec["data"]
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(target)
+    source = inputs.records()
+
+    def write() -> None:
+        with wds.ShardWriter(os.path.join(target, SHARD_PATTERN), verbose=0) as sink:
+            for index, record in enumerate(source):
+                # Its default encoder takes bytes, not a memoryview: the copy is timed too.
+                sink.write({"__key__": f"{index:09d}", "bin": bytes(record)})
+
+    seconds, _ = c.timed(write)
+    peak = c.vm_hwm()
+    disk, files = c.disk_usage(target)
+    return c.pass_result(
+        seconds,
+        inputs.workload.count,
+        inputs.workload.total_bytes,
+        vmhwm=peak,
+        disk=disk,
+        files=files,
+    )
+
+
+def full_pass(spec: c.Spec, shuffle: bool) -> c.Result:
+    inputs = c.Inputs(spec)
+    return c.run_pass(
+        spec,
+        inputs,
+        lambda: iter(open_dataset(spec, shuffle)),
+        payload,
+        ordered=not shuffle,
+        what="WebDataset iteration",
+    )
+
+
+PHASES: dict[str, c.Phase] = {
+    "write": phase_write,
+    "sequential": lambda spec: full_pass(spec, shuffle=False),
+    "shuffled": lambda spec: full_pass(spec, shuffle=True),
+}
+
+if __name__ == "__main__":
+    c.main(PHASES, info)

@@ -1,0 +1,104 @@
+"""Crash safety: writers killed with SIGKILL at storage operations and at random times.
+
+Every kill must leave a dataset that opens and holds exactly the records of the last
+commit (or of the one in flight, if its manifest write landed); ``repair`` must remove
+every file the manifest does not list without changing a record; and a new append must
+then succeed (:mod:`reliability_crash`). The quick variants kill at a sample of the
+plan's operations; the ``slow`` ones at every operation, and at random times.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import S3_BUCKET
+from crash_zygote import STAGES, stage_records, states
+from reliability_crash import CrashStats, Zygote, commits_done, kill_once, run_kills
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def local_urls(tmp_path: Path) -> Callable[[int], str]:
+    return lambda k: str(tmp_path / f"ds-{k}")
+
+
+def s3_urls() -> Callable[[int], str]:
+    prefix = uuid.uuid4().hex
+    return lambda k: f"s3://{S3_BUCKET}/crash-{prefix}/ds-{k}"
+
+
+def check(stats: CrashStats, kills: int) -> None:
+    assert stats.failures == [], "\n".join(stats.failures[:20])
+    assert stats.kills >= kills
+    # The kills landed all over the plan: some left files for repair to remove, some
+    # came while a manifest write was in flight.
+    assert stats.orphans_removed > 0
+    assert stats.records_checked > 0
+
+
+def test_plan_states_are_distinct() -> None:
+    """Each commit of the plan changes the records, so a lost commit cannot go unseen."""
+    seen = states()
+    assert len({tuple(state) for state in seen}) == len(seen) == len(STAGES)
+    every = [record for name, _, _ in STAGES for record in stage_records(name)]
+    assert len(set(every)) == len(every)
+
+
+def test_kills_at_storage_operations_local(tmp_path: Path) -> None:
+    stats = run_kills(local_urls(tmp_path), str(tmp_path), points=30, timed=6, seed=1)
+    check(stats, 30)
+
+
+@pytest.mark.s3
+def test_kills_at_storage_operations_s3(tmp_path: Path) -> None:
+    stats = run_kills(s3_urls(), str(tmp_path), points=6, seed=2)
+    assert stats.failures == [], "\n".join(stats.failures)
+    assert stats.kills == 6
+
+
+@pytest.mark.slow
+def test_kills_at_every_operation_and_random_times_local(tmp_path: Path) -> None:
+    stats = run_kills(local_urls(tmp_path), str(tmp_path), points=None, timed=150, seed=3)
+    check(stats, 100)
+    assert stats.in_commit > 0
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_kills_at_operations_and_random_times_s3(tmp_path: Path) -> None:
+    stats = run_kills(s3_urls(), str(tmp_path), points=25, timed=5, seed=4)
+    check(stats, 25)
+
+
+def test_kills_around_each_manifest_write(tmp_path: Path) -> None:
+    """Killed right before each manifest write, inside it (on local disk: after the new
+    manifest's temporary file is written, before it replaces the old one), and right
+    after it: the commit is wholly absent, absent, and wholly there."""
+    log = str(tmp_path / "probe.log")
+    with Zygote() as zygote:
+        # The operation numbers around the manifest writes, from an uninterrupted run.
+        stats = kill_once(zygote, str(tmp_path / "probe"), log, delay=30.0)
+        assert stats.finished == 1
+        assert stats.failures == []
+        points: list[tuple[int, tuple[int, bool]]] = []
+        begun = 0
+        with open(log) as handle:
+            for line in handle:
+                if line.startswith("begin "):
+                    begun += 1
+                if line == "begin Storage.commit_manifest\n":
+                    done = len([p for p in points if p[1][1]])
+                    points += [(begun, (done, False)), (begun + 1, (done, True))]
+                elif line == "end Storage.commit_manifest\n":
+                    points.append((begun + 1, (points[-1][1][0] + 1, False)))
+        assert len([p for p in points if p[1][1]]) == len(STAGES) - 1
+        for kill_at, expected in points:
+            if kill_at > begun:
+                continue  # the plan's last operation: nothing follows to kill at
+            trial = kill_once(zygote, str(tmp_path / f"k{kill_at}"), log, kill_at=kill_at)
+            assert trial.failures == [], trial.failures
+            assert trial.kills == 1
+            assert commits_done(log) == expected
