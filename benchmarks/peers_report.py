@@ -117,17 +117,9 @@ class Table:
     def unit(self, row: Row) -> tuple[str, Callable[[dict[str, Any]], float]]:
         if self.w.size >= 1 << 20:
             return "MB/s", lambda r: r["bytes"] / r["seconds"] / 1e6
-        peak = max(
-            (
-                median(runs, lambda r: r["records"] / r["seconds"])
-                for s in self.data.systems
-                if (runs := self.runs(s.key, row.phase))
-            ),
-            default=0.0,
-        )
-        if peak >= 10_000:
-            return "k rec/s", lambda r: r["records"] / r["seconds"] / 1e3
-        return "rec/s", lambda r: r["records"] / r["seconds"]
+        if row.phase.startswith("s3-random"):
+            return "rec/s", lambda r: r["records"] / r["seconds"]
+        return "k rec/s", lambda r: r["records"] / r["seconds"] / 1e3
 
     def rate_row(self, row: Row) -> list[str]:
         unit, value = self.unit(row)
@@ -189,7 +181,8 @@ class Table:
                 cells.append("-")
                 continue
             disk = runs[0]["disk"]
-            text = f"{disk / 1e6:,.1f} MB ({100 * disk / payload:.1f}%, {runs[0]['files']:,} files)"
+            files = runs[0]["files"]
+            text = f"{disk / 1e6:,.1f} MB ({100 * disk / payload:.1f}%, files: {files:,})"
             cells.append(text)
             if system.key != "this" and base and disk < base:
                 ahead.append(f"{system.label} {disk / base:.3f}x")
@@ -356,11 +349,12 @@ def notes(data: ReportInput) -> list[str]:
         f"and workload for the write and one for the reads (fewer runs once a phase's runs "
         f"took {data.repeat_budget_s:.0f} s). † marks a pass that was stopped after "
         f"{data.pass_budget_s:.0f} s: its rate is over the records read by then.",
-        "- Every run of every read phase fingerprints every record it read (crc32, a second "
-        "untimed pass over as many records) against the input: a full pass must return each "
-        "record exactly once (in input order where the system keeps it), a stopped pass no "
-        "record that is not an input record, a random read the record stored at that index. "
-        "Writes are checked by the reads that follow. A wrong byte stops the run.",
+        "- The first run of every read phase fingerprints every record it read (crc32, a "
+        "second untimed pass over as many records) against the input: a full pass must "
+        "return each record exactly once (in input order where the system keeps it), a "
+        "stopped pass no record that is not an input record, a random read the record stored "
+        "at that index; repeats check the count and size of every record. Writes are checked "
+        "by the reads that follow. A wrong byte stops the run.",
         "- Peak memory is `VmHWM` (imports included; in parentheses, `VmHWM` right after the "
         "imports) of a fresh process at the end of its first timed run; LitData's "
         "`optimize` writes in worker processes, so its write figure is the peak summed RSS "

@@ -62,18 +62,14 @@ class _PartSpec:
         )
 
 
-def _write_partition(
-    records: Iterable[Any], number: int | Sequence[int], spec: _PartSpec, run: str
-) -> list[tuple[str, int]]:
+def _write_partition(records: Iterable[Any], spec: _PartSpec, run: str) -> list[tuple[str, int]]:
     """Run in a task: write one partition as a part; returns ``[(part id, records)]``.
 
-    ``number`` is the partition's number (a bag passes it as a one-item partition).
+    The join takes the parts in the order of the results, so the id need not say which
+    partition it is; a random one per attempt means that a task Dask runs again (its
+    worker died) writes a part of its own instead of colliding with the first attempt's.
     """
-    if not isinstance(number, int):
-        (number,) = number
-    # A random suffix per attempt: a task that Dask runs again (its worker died) writes
-    # a part of its own instead of colliding with the first attempt's.
-    part_id = f"{run}-{number:06d}-{secrets.token_hex(4)}"
+    part_id = f"{run}-{secrets.token_hex(6)}"
     with spec.writer(part_id) as writer:
         writer.write_many(records)
     return [(part_id, writer.records)]
@@ -93,11 +89,10 @@ def _partition_tasks(dask: Any, collection: Any, spec: _PartSpec, run: str) -> t
     import dask.bag  # noqa: PLC0415
 
     if isinstance(collection, dask.bag.Bag):
-        count = collection.npartitions
-        numbers = dask.bag.from_sequence(range(count), npartitions=count)
-        # map_partitions fuses with the tasks that make each partition, so the records
-        # stream into the writer instead of being gathered into a list first.
-        return collection.map_partitions(_write_partition, numbers, spec, run), count
+        # With the partition as its only input, the writing task fuses with the tasks
+        # that make the partition: records stream into the writer, never gathered into a
+        # list, and a partition that is a generator never has to travel between workers.
+        return collection.map_partitions(_write_partition, spec, run), collection.npartitions
     if hasattr(collection, "columns"):
         raise TypeError(
             "a Dask DataFrame's partitions iterate over column names: pass the column of "
@@ -126,9 +121,7 @@ def _partition_tasks(dask: Any, collection: Any, spec: _PartSpec, run: str) -> t
     if not partitions:
         raise ValueError("the collection has no partitions: there is nothing to write")
     task = dask.delayed(_write_partition, pure=False)
-    return [task(partition, k, spec, run) for k, partition in enumerate(partitions)], len(
-        partitions
-    )
+    return [task(partition, spec, run) for partition in partitions], len(partitions)
 
 
 def _check_spec(spec: _PartSpec, run: str, partitions: int) -> None:

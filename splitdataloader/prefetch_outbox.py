@@ -8,18 +8,16 @@ again: the two threads then meet once per frame rather than once per item, which
 items costs far more than the items themselves (each meeting hands the GIL over). The queue
 holds ``limit`` messages, or more while they add up to at most
 :data:`~splitdataloader.prefetch_messages.FRAME_BYTES` (as a pipe's buffer holds many small
-messages); the frame being written is one message, or small ones within that size. Items that
-come slowly (a chunk of decoded records every few milliseconds) need no batching: when the
-sender is idle and the pipe has room, the generator's thread writes a small message itself,
-which cannot block, rather than wake the sender and wait for the GIL to come back. This module
-knows nothing of what the messages hold, nor of the consumer beyond the pipe.
+messages); the frame being written is one message, or small ones within that size. The
+generator's thread never writes to the pipe itself, even when the sender is idle: the consumer
+that a write wakes tends to run on the writer's processor, and should take that time from the
+sender, not from the generator. This module knows nothing of what the messages hold, nor of
+the consumer beyond the pipe.
 """
 
 from __future__ import annotations
 
-import select
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from splitdataloader.prefetch_messages import FRAME_BYTES, join
@@ -28,12 +26,6 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 __all__ = ["Outbox"]
-
-# A message of at most this many bytes, with the pipe's 4-byte header, goes to a pipe that
-# polls writable in one write that does not block (POSIX: PIPE_BUF bytes are written whole).
-_DIRECT_BYTES = getattr(select, "PIPE_BUF", 0) - 4
-# Puts at least this far apart (seconds) may be written by the putting thread itself.
-_DIRECT_GAP = 100e-6
 
 
 class Outbox:
@@ -59,12 +51,7 @@ class Outbox:
         self._queued_bytes = 0
         self._sender_idle = False
         self._closed = False
-        self._broken = False  # a write found the pipe closed: nobody reads any more
-        self._last_put = 0.0
-        self._writable: select.poll | None = None
-        if _DIRECT_BYTES > 0 and hasattr(select, "poll"):
-            self._writable = select.poll()
-            self._writable.register(conn.fileno(), select.POLLOUT)
+        self._broken = False  # the sender found the pipe closed: nobody reads any more
         self._thread = threading.Thread(target=self._send_all, name="MpQItr-sender", daemon=True)
 
     def start(self) -> None:
@@ -82,13 +69,8 @@ class Outbox:
         if self._broken:
             return False
         size = len(message)
-        now = time.monotonic()
-        direct = now - self._last_put >= _DIRECT_GAP and size <= _DIRECT_BYTES
-        self._last_put = now
         with self._lock:
             queue = self._queue
-            if direct and not queue and self._sender_idle and self._write_now(message):
-                return True
             if len(queue) >= self._limit and self._queued_bytes + size > FRAME_BYTES:
                 self._room.wait(timeout)
                 if len(queue) >= self._limit and self._queued_bytes + size > FRAME_BYTES:
@@ -98,17 +80,6 @@ class Outbox:
             if self._sender_idle:
                 self._sender_idle = False
                 self._queued.notify()
-        return True
-
-    def _write_now(self, message: bytes | memoryview) -> bool:
-        """Write ``message`` in this thread if the pipe has room for it; whether it did."""
-        writable = self._writable
-        if writable is None or not writable.poll(0):
-            return False
-        try:
-            self._conn.send_bytes(message)
-        except OSError:  # the consumer closed its end: sending says so from now on
-            self._broken = True
         return True
 
     def close(self) -> None:

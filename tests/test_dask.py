@@ -96,6 +96,20 @@ def test_bag_made_in_the_workers_reads_in_partition_order(client: Client, url: s
     assert {f for f in stored(url) if f != "manifest.json"} == listed
 
 
+def test_each_bag_partition_is_written_by_the_task_that_makes_it(tmp_path: Path) -> None:
+    """Fused: records stream into the writer, and a partition that is a generator (which
+    cannot be pickled) never has to travel to another worker."""
+    from splitdataloader.dask import _partition_tasks, _PartSpec  # noqa: PLC0415 - internals
+
+    bag = db.from_sequence(range(PARTITIONS), npartitions=PARTITIONS).map_partitions(made_in_worker)
+    tasks, count = _partition_tasks(dask, bag, _PartSpec(str(tmp_path)), "run")
+    (optimized,) = dask.optimize(tasks)
+    (alone,) = dask.optimize(bag)
+    assert count == PARTITIONS
+    assert len(dict(optimized.__dask_graph__())) == len(dict(alone.__dask_graph__()))
+    assert len(dict(optimized.__dask_graph__())) < len(dict(tasks.__dask_graph__()))
+
+
 def test_appends_after_existing_records_with_the_datasets_codecs(
     client: Client, tmp_path: Path
 ) -> None:

@@ -128,7 +128,7 @@ def test_items_fast_or_slow_arrive_in_order_and_a_closed_pipe_is_noticed(
         assert outbox.put(message, 10.0)
     assert received(reader, len(messages)) == messages
     reader.close()
-    # Slow or fast, a put finds the pipe closed, and the ones after it are refused.
+    # Slow or fast, the sender finds the pipe closed, and the puts after that are refused.
     refused = 0
     for _ in range(10_000):
         time.sleep(gap)

@@ -28,7 +28,7 @@ from reliability_kit import WRITERS, Reference, read_out, stored_names
 
 QUICK_TRIALS = 50
 SLOW_TRIALS = 400
-S3_TRIALS = 15
+S3_TRIALS = 8
 
 
 def location(backend: str, tmp_path: Path, name: str) -> str:

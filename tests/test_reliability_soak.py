@@ -42,7 +42,7 @@ def test_soak_s3() -> None:
 def test_long_soak_local(tmp_path: Path) -> None:
     url = str(tmp_path / "ds")
     write_soak_dataset(url)
-    check(soak(url, seconds=30.0, threads=8, processes=3), 3)
+    check(soak(url, seconds=20.0, threads=8, processes=3), 3)
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_long_soak_local(tmp_path: Path) -> None:
 def test_long_soak_s3() -> None:
     url = f"s3://{S3_BUCKET}/soak-{uuid.uuid4().hex}/ds"
     write_soak_dataset(url)
-    check(soak(url, seconds=20.0, threads=4, processes=2), 2)
+    check(soak(url, seconds=10.0, threads=4, processes=2), 2)
 
 
 def test_records_are_a_function_of_their_index() -> None:

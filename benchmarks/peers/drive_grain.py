@@ -10,8 +10,8 @@ its whole group); ``uncompressed`` turns off the default compression. Read:
 as a row of its own; ``grain.MapDataset.source(source).to_iter_dataset()`` for the
 sequential pass and ``.shuffle(seed=1234)`` before it for the shuffled pass, with Grain's
 default read options (16 threads, a 500-record buffer); the batch path's sequential pass is
-``__getitems__`` over consecutive blocks of 1,024 records. ArrayRecord reads local files
-only (no S3).
+``__getitems__`` over consecutive blocks of 1,024 records (64 MiB at most). ArrayRecord
+reads local files only (no S3).
 """
 
 from __future__ import annotations
@@ -84,9 +84,11 @@ def full_pass(spec: c.Spec, shuffle: bool) -> c.Result:
     inputs = c.Inputs(spec)
     data = ArrayRecordDataSource(paths(spec))
 
+    block = max(1, min(BLOCK, c.BATCH_BYTES // inputs.workload.size))
+
     def blocks() -> Iterator[bytes]:
-        for start in range(0, len(data), BLOCK):
-            yield from data.__getitems__(range(start, min(start + BLOCK, len(data))))
+        for start in range(0, len(data), block):
+            yield from data.__getitems__(range(start, min(start + block, len(data))))
 
     def stream() -> Any:
         if spec.get("batch"):
@@ -101,15 +103,10 @@ def full_pass(spec: c.Spec, shuffle: bool) -> c.Result:
 
 def phase_random(spec: c.Spec) -> c.Result:
     inputs = c.Inputs(spec)
-    indices = inputs.indices(spec)
     data = ArrayRecordDataSource(paths(spec))
-    if spec.get("batch"):
-        seconds, got = c.timed(lambda: list(data.__getitems__(indices)))
-    else:
-        seconds, got = c.timed(lambda: [data[i] for i in indices])
-    nbytes = sum(len(r) for r in got)
-    c.check_random([c.record_key(r) for r in got], indices, inputs, "ArrayRecordDataSource")
-    return c.pass_result(seconds, len(indices), nbytes)
+    return c.run_random(
+        spec, inputs, data.__getitem__, data.__getitems__, what="ArrayRecordDataSource"
+    )
 
 
 PHASES: dict[str, c.Phase] = {

@@ -122,14 +122,15 @@ def stored_order(spec: c.Spec, inputs: c.Inputs) -> list[int]:
 
 def phase_random(spec: c.Spec) -> c.Result:
     inputs = c.Inputs(spec)
-    indices = inputs.indices(spec)
     dataset = open_dataset(spec)
-    seconds, got = c.timed(lambda: [payload(dataset[i]) for i in indices])
-    nbytes = sum(len(r) for r in got)
-    order = stored_order(spec, inputs)
-    keys = [c.record_key(r) for r in got]
-    c.check_random(keys, [order[i] for i in indices], inputs, "dataset[i]")
-    return c.pass_result(seconds, len(indices), nbytes)
+
+    def positions(indices: list[int]) -> list[int]:
+        order = stored_order(spec, inputs)
+        return [order[i] for i in indices]
+
+    return c.run_random(
+        spec, inputs, lambda i: payload(dataset[i]), positions=positions, what="dataset[i]"
+    )
 
 
 PHASES: dict[str, c.Phase] = {

@@ -92,12 +92,8 @@ def full_pass(spec: c.Spec, shuffle: bool) -> c.Result:
 
 def phase_random(spec: c.Spec) -> c.Result:
     inputs = c.Inputs(spec)
-    indices = inputs.indices(spec)
     dataset = open_dataset(spec)
-    seconds, got = c.timed(lambda: [payload(dataset[i]) for i in indices])
-    nbytes = sum(len(r) for r in got)
-    c.check_random([c.record_key(r) for r in got], indices, inputs, "dataset[i]")
-    return c.pass_result(seconds, len(indices), nbytes)
+    return c.run_random(spec, inputs, lambda i: payload(dataset[i]), what="dataset[i]")
 
 
 PHASES: dict[str, c.Phase] = {

@@ -83,17 +83,10 @@ def full_pass(spec: c.Spec, shuffle: bool) -> c.Result:
 
 def phase_random(spec: c.Spec) -> c.Result:
     inputs = c.Inputs(spec)
-    indices = inputs.indices(spec)
     loader = open_loader(spec)
     c.check(len(loader) == inputs.workload.count, f"len() is {len(loader)}")
-    if spec.get("batch"):
-        c.check(not LEGACY, "0.0.1 has no get_many")
-        seconds, got = c.timed(lambda: loader.get_many(indices))
-    else:
-        seconds, got = c.timed(lambda: [loader[i] for i in indices])
-    nbytes = sum(len(r) for r in got)
-    c.check_random([c.record_key(r) for r in got], indices, inputs, "random reads")
-    return c.pass_result(seconds, len(indices), nbytes)
+    get_many = None if LEGACY else loader.get_many
+    return c.run_random(spec, inputs, loader.__getitem__, get_many, what="random reads")
 
 
 PHASES: dict[str, c.Phase] = {

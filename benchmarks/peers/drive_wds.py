@@ -7,8 +7,10 @@ per record (``verbose=0`` only silences its progress lines). Read:
 ``WebDataset(shard_paths, shardshuffle=100).shuffle(1000)`` for the shuffled pass, as its
 documentation shows (shards in random order, records through a 1,000-sample buffer: an
 approximate shuffle). A tar file has no index, so WebDataset has no random access. On S3,
-each shard is streamed whole through ``pipe:aws s3 cp s3://... -``, the form its
-documentation gives for S3 (``awscli`` installed beside it).
+each shard is streamed whole by one GET through a ``pipe:`` URL, the form its documentation
+gives for object stores: ``pipe:curl`` with curl's own SigV4 signing (``pipe:aws s3 cp ...
+-``, the other documented form, hangs against the local server: its last ranged GET of a
+shard is open-ended, which ``rclone serve s3`` never answers).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,9 @@ def shard_urls(spec: c.Spec) -> list[str]:
     s3 = spec.get("s3")
     if s3 is None:
         return [str(Path(spec["data"]) / name) for name in shards]
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": s3["key"],
-            "AWS_SECRET_ACCESS_KEY": s3["secret"],
-            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-    )
-    cp = f"pipe:aws --endpoint-url {s3['endpoint']} s3 cp --quiet"
-    return [f"{cp} s3://{s3['bucket']}/{s3['prefix']}/{name} -" for name in shards]
+    # One signed GET per shard, streamed: curl signs it (SigV4) itself.
+    curl = f"pipe:curl -s -f --aws-sigv4 aws:amz:us-east-1:s3 --user {s3['key']}:{s3['secret']}"
+    return [f"{curl} {s3['endpoint']}/{s3['bucket']}/{s3['prefix']}/{name}" for name in shards]
 
 
 def open_dataset(spec: c.Spec, shuffle: bool) -> Any:

@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,16 +223,53 @@ def check_pass(
     return {"partial": partial}
 
 
-def check_random(got: Sequence[int], order: Sequence[int], inputs: Inputs, what: str) -> None:
-    """``got[k]`` is the record the system stores at position ``order[k]``.
+BATCH_RECORDS = 256  # records per call of a batch read path, at most
+BATCH_BYTES = 64 << 20  # bytes per call of a batch read path, at most
 
-    ``order`` maps the seeded indices to input positions: the indices themselves for a
-    system that keeps the input order.
+
+def run_random(
+    spec: Spec,
+    inputs: Inputs,
+    get_one: Callable[[int], Any],
+    get_many: Callable[[list[int]], Iterable[Any]] | None = None,
+    positions: Callable[[list[int]], list[int]] | None = None,
+    *,
+    what: str,
+) -> Result:
+    """Time reads of the seeded indices, one by one or (``spec["batch"]``) through
+    ``get_many`` in batches of at most 256 records or 64 MiB; then check them.
+
+    Records are counted and dropped as they come, as a training loop would use them. The
+    check reads the same indices again, untimed: record ``k`` must be the input record at
+    ``positions(indices)[k]`` (the indices themselves unless the system reorders).
     """
-    keys = inputs.keys
-    check(len(got) == len(order), f"{what}: {len(got):,} records, expected {len(order):,}")
-    for k, (key, position) in enumerate(zip(got, order)):
-        check(key == keys[position], f"{what}: read {k} (input record {position}) is wrong")
+    indices = inputs.indices(spec)
+    size = inputs.workload.size
+    if spec.get("batch"):
+        if get_many is None:
+            raise BenchmarkError(f"{what}: no batch read path")
+        per_call = max(1, min(BATCH_RECORDS, BATCH_BYTES // size))
+        groups = [indices[k : k + per_call] for k in range(0, len(indices), per_call)]
+
+        def records() -> Iterator[Any]:
+            for group in groups:
+                yield from get_many(group)
+    else:
+
+        def records() -> Iterator[Any]:
+            for index in indices:
+                yield get_one(index)
+
+    seconds, (count, nbytes) = timed(lambda: drain(records()))
+    check(count == len(indices), f"{what}: {count:,} records for {len(indices):,} indices")
+    check(nbytes == count * size, f"{what}: {nbytes:,} bytes in {count:,} records")
+    if spec.get("check", True):
+        order = positions(indices) if positions else indices
+        keys = inputs.keys
+        for k, (record, position) in enumerate(zip(records(), order, strict=True)):
+            ok = record_key(record) == keys[position]
+            check(ok, f"{what}: read {k} (input record {position}) is wrong")
+    return pass_result(seconds, count, nbytes)
 
 
 def run_pass(
@@ -247,13 +284,18 @@ def run_pass(
     """Time one pass over ``stream()`` (within ``spec["budget_s"]``), then check it.
 
     The check is a second, untimed pass over a new ``stream()`` that fingerprints as many
-    items as the timed pass read. Peak memory is taken when the timed pass ends.
+    items as the timed pass read (first run of a step only; repeats check the count and
+    the bytes). Peak memory is taken when the timed pass ends.
     """
     budget = spec.get("budget_s")
     seconds, (count, nbytes) = timed(lambda: drain(stream(), payload, budget))
     peak = vm_hwm()
-    got = fingerprints(stream(), payload, limit=count)
-    extra = check_pass(got, inputs, what, count=count, ordered=ordered)
+    check(nbytes == count * inputs.workload.size, f"{what}: {nbytes:,} bytes in {count:,} items")
+    if spec.get("check", True):
+        got = fingerprints(stream(), payload, limit=count)
+        extra = check_pass(got, inputs, what, count=count, ordered=ordered)
+    else:
+        extra = {"partial": count < inputs.workload.count}
     return pass_result(seconds, count, nbytes, vmhwm=peak, **extra)
 
 
@@ -295,9 +337,10 @@ def main(phases: dict[str, Phase], info: Callable[[], dict[str, Any]]) -> None:
 
     The spec is ``{"common": {...}, "steps": [{...}, ...]}``; each step is merged over the
     common part, names its ``phase`` and runs ``repeat`` times (default 1), or fewer once its
-    runs have taken ``repeat_budget_s`` seconds of timed work. Prints one list of results per
-    step. Peak memory (``vmhwm``) is the process's high-water mark when a run's timed work
-    ended, so only the first run of the first step has a peak of its own.
+    runs have taken ``repeat_budget_s`` seconds of timed work; the first run checks every
+    record it read (``check``), the repeats their count and size. Prints one list of
+    results per step. Peak memory (``vmhwm``) is the process's high-water mark when a run's
+    timed work ended, so only the first run of the first step has a peak of its own.
     """
     if len(sys.argv) != 2:
         sys.exit(f"usage: {sys.argv[0]} '<json spec>'")
@@ -310,7 +353,7 @@ def main(phases: dict[str, Phase], info: Callable[[], dict[str, Any]]) -> None:
         while len(runs) < merged.get("repeat", 1) and spent < merged.get("repeat_budget_s", 1e9):
             _Requests.control = (merged.get("s3") or {}).get("control")
             _Requests.last = {}
-            result = phases[merged["phase"]](merged)
+            result = phases[merged["phase"]]({**merged, "check": not runs})
             if _Requests.last:
                 result["requests"] = _Requests.last
             result.setdefault("vmhwm", vm_hwm())
