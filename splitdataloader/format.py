@@ -51,6 +51,22 @@ INDEX_ENTRY_DTYPE = np.dtype(
 
 #: Top-level manifest key holding the manifest's own checksum.
 MANIFEST_CHECKSUM_KEY = "manifest_checksum"
+#: The format's own top-level manifest keys; any other key is the writer's free metadata.
+MANIFEST_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "dataset_id",
+        "generation",
+        "checksum",
+        "codecs",
+        "resources",
+        "records",
+        "bins",
+        "commits",
+        MANIFEST_CHECKSUM_KEY,
+    }
+)
 _CHECKSUM_PREFIX = "xxh3_64:"
 _CHECKSUM_PLACEHOLDER = "0" * 16
 _MANIFEST_CHECKSUM = re.compile(r"xxh3_64:([0-9a-f]{16})")
@@ -402,25 +418,15 @@ def parse_part(data: bytes, path: str, part_id: str) -> PartManifest:
     DatasetFormatError
         For any other inconsistency, including a part id that differs from ``part_id``.
     """
-    document = _load_document(data, path, "part manifest")
-    if document.get("format") != PART_FORMAT_NAME:
-        raise UnsupportedFormatError(
-            f"{path} is not a splitdataloader part manifest (format={document.get('format')!r})",
-            path=path,
-        )
-    version = document.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"{path} has format version {version!r}; this release reads version "
-            f"{FORMAT_VERSION}: upgrade splitdataloader",
-            path=path,
-        )
+    document = _load_document(data, path, "part manifest", PART_FORMAT_NAME)
     part = _ManifestParser(path, "part manifest").part(document, part_id)
     check_manifest_checksum(data, document, path)
     return part
 
 
-def _load_document(data: bytes, path: str, what: str) -> dict[str, Any]:
+def _load_document(data: bytes, path: str, what: str, format_name: str) -> dict[str, Any]:
+    """The JSON object of a ``what`` of format ``format_name``, size, syntax, format name
+    and version checked."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise UnsafeDatasetError(
             f"{what} {path} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit",
@@ -433,6 +439,18 @@ def _load_document(data: bytes, path: str, what: str) -> dict[str, Any]:
         raise DatasetFormatError(f"{what} {path} is not valid JSON: {err}", path=path) from err
     if not isinstance(document, dict):
         raise DatasetFormatError(f"{what} {path} is not a JSON object", path=path)
+    if document.get("format") != format_name:
+        raise UnsupportedFormatError(
+            f"{path} is not a splitdataloader {what} (format={document.get('format')!r})",
+            path=path,
+        )
+    version = document.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{path} has format version {version!r}; this release reads version "
+            f"{FORMAT_VERSION}: upgrade splitdataloader",
+            path=path,
+        )
     return document
 
 
@@ -448,19 +466,7 @@ def parse_manifest(data: bytes, path: str) -> Manifest:
     DatasetFormatError
         For any other inconsistency.
     """
-    document = _load_document(data, path, "manifest")
-    if document.get("format") != FORMAT_NAME:
-        raise UnsupportedFormatError(
-            f"{path} is not a splitdataloader manifest (format={document.get('format')!r})",
-            path=path,
-        )
-    version = document.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"{path} has format version {version!r}; this release reads version "
-            f"{FORMAT_VERSION}: upgrade splitdataloader",
-            path=path,
-        )
+    document = _load_document(data, path, "manifest", FORMAT_NAME)
     manifest = _ManifestParser(path).parse(document)
     # Checked after the structure, so that each malformed field is named as such.
     check_manifest_checksum(data, document, path)
@@ -549,19 +555,6 @@ class _ManifestParser:
         bins = self.integer(document.get("bins"), "bins", 1, MAX_BINS)
         if any(commit.bins > bins for commit in commits):
             raise self.fail("a commit has more bins than the dataset")
-        known = {
-            "format",
-            "format_version",
-            "dataset_id",
-            "generation",
-            "checksum",
-            "codecs",
-            "resources",
-            "records",
-            "bins",
-            "commits",
-            MANIFEST_CHECKSUM_KEY,
-        }
         return Manifest(
             dataset_id=self.string(document.get("dataset_id"), "dataset_id"),
             generation=self.integer(document.get("generation"), "generation"),
@@ -571,7 +564,7 @@ class _ManifestParser:
             commits=commits,
             codecs=codecs,
             resources=resources,
-            extra={k: v for k, v in document.items() if k not in known},
+            extra={k: v for k, v in document.items() if k not in MANIFEST_KEYS},
         )
 
     def part(self, document: dict[str, Any], part_id: str) -> PartManifest:

@@ -143,6 +143,16 @@ class _LocalWriter:
             os.unlink(self._path)
 
 
+def _write_local(path: str, data: bytes, durable: bool, mode: str) -> None:
+    """Write ``data`` to the local file ``path`` (``mode`` "wb" or "xb"), fsynced if
+    ``durable``."""
+    with open(path, mode) as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 class _FsspecWriter:
     """A file opened for writing through fsspec.
 
@@ -588,11 +598,7 @@ class Storage:
         target = self.path(name)
         temporary = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            _write_local(temporary, data, durable, "wb")
             try:
                 os.link(temporary, target)  # atomic, and refuses an existing target
             except FileExistsError:
@@ -600,11 +606,7 @@ class Storage:
             except OSError:
                 # No hard links here (some network and FAT filesystems): an exclusive
                 # create still refuses an existing file, though its bytes appear in steps.
-                with open(target, "xb") as handle:
-                    handle.write(data)
-                    if durable:
-                        handle.flush()
-                        os.fsync(handle.fileno())
+                _write_local(target, data, durable, "xb")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
@@ -650,11 +652,7 @@ class Storage:
         target = self.path(name)
         temporary = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            _write_local(temporary, data, durable, "wb")
             os.replace(temporary, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

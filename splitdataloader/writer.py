@@ -47,6 +47,7 @@ from .format import (
     FRAME_HEADER,
     INDEX_DIR,
     INDEX_ENTRY,
+    MANIFEST_KEYS,
     MANIFEST_NAME,
     MAX_BINS,
     MAX_MANIFEST_BYTES,
@@ -83,22 +84,6 @@ _DATA_BUFFER_TOTAL = 16 << 20
 _DATA_BUFFER_MIN = 64 << 10
 _DATA_BUFFER_MAX = 1 << 20
 _ENTRY_BUDGET = 8 << 20
-#: The format's own top-level manifest keys: not for :meth:`SplitWriter.set_metadata`.
-_RESERVED_KEYS = frozenset(
-    {
-        "format",
-        "format_version",
-        "dataset_id",
-        "generation",
-        "checksum",
-        "codecs",
-        "resources",
-        "records",
-        "bins",
-        "commits",
-        "manifest_checksum",
-    }
-)
 
 
 class _OpenSegment:
@@ -308,7 +293,7 @@ class SplitWriter:
             If ``key`` is one of the format's own keys, or ``value`` is not JSON.
         """
         self._check_open()
-        if not isinstance(key, str) or key in _RESERVED_KEYS:
+        if not isinstance(key, str) or key in MANIFEST_KEYS:
             raise ValueError(f"{key!r} is not a free manifest key")
         try:
             json.dumps(value)
