@@ -184,8 +184,10 @@ def run_concurrency(
     verdict = check_snapshot(final, size)
     if verdict != {f"w{k}": commits for k in range(writers)}:
         stats.failures.append(f"the final dataset holds {verdict}, not every commit")
-    stats.snapshots += 1
-    stats.records += len(final)
+    final_stats = ReadStats(snapshots=1, records=len(final), lengths=[len(final)])
+    if isinstance(verdict, dict):
+        final_stats.seen = verdict
+    stats.add(final_stats)
     return stats, conflicts
 
 

@@ -1,7 +1,8 @@
 """A real S3 protocol server on 127.0.0.1 for the tests: moto in server mode, as a subprocess.
 
-:func:`start_moto` picks a free port, starts ``python -m moto.server`` bound to the
-loopback interface, waits until it answers, and returns a :class:`S3Server` whose
+:func:`start_moto` picks a free port, starts moto's server (through
+:mod:`s3_moto_main`, which makes its conditional writes atomic) bound to the loopback
+interface, waits until it answers, and returns a :class:`S3Server` whose
 ``stop`` ends it. Moto keeps objects in memory and copies a whole object on every GET,
 ranged or not: tests keep their objects small.
 """
@@ -16,6 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+
+#: moto's server with atomic conditional writes (see that module).
+MOTO_MAIN = Path(__file__).with_name("s3_moto_main.py")
 
 #: Throwaway credentials the server accepts (moto accepts any).
 ACCESS_KEY = "testing"
@@ -82,7 +87,7 @@ def start_moto(timeout: float = 30.0) -> S3Server:
     environment = dict(os.environ)
     environment.pop("AWS_ENDPOINT_URL", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(MOTO_MAIN), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=environment,

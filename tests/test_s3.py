@@ -234,6 +234,40 @@ def test_get_many_coalesces_ranges_per_segment(proxy: FaultProxy, datasets: dict
 # ---------------------------------------------------------------------- concurrent commits
 
 
+def race_conditional_puts(fs: s3fs.S3FileSystem, key: str, etag: str, senders: int) -> list[str]:
+    """Send ``senders`` PUTs with ``If-Match: etag`` at once; what each one got."""
+    start = threading.Barrier(senders)
+    outcomes: list[str] = []
+
+    def send(sender: int) -> None:
+        body = b"sender %d " % sender + b"." * 50_000
+        start.wait()
+        try:
+            fs.call_s3("put_object", Bucket=S3_BUCKET, Key=key, Body=body, IfMatch=etag)
+            outcomes.append("won")
+        except OSError as err:
+            outcomes.append(type(err).__name__)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_the_server_lets_exactly_one_of_many_conditional_puts_win(s3_server: S3Server) -> None:
+    """What the concurrent-writer tests rely on: of PUTs sent together with the same
+    ``If-Match``, one succeeds and the others fail, as on AWS S3."""
+    fs = direct_fs(s3_server)
+    key = f"{new_prefix()}/contended".split("/", 1)[1]
+    for trial in range(8):
+        etag = fs.call_s3("put_object", Bucket=S3_BUCKET, Key=key, Body=b"base %d" % trial)["ETag"]
+        outcomes = race_conditional_puts(fs, key, etag, senders=6)
+        assert len(outcomes) == 6
+        assert outcomes.count("won") == 1, outcomes
+
+
 @pytest.mark.parametrize("existing", [True, False], ids=["append", "create"])
 def test_concurrent_commits_are_decided_by_the_conditional_put(
     proxy: FaultProxy, s3_server: S3Server, existing: bool
