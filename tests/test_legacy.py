@@ -16,6 +16,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from conftest import BACKENDS
 from legacy_tools import LegacyDump, LegacyWrite, install_legacy, run_legacy
 from reference_model import CommitModel, DatasetModel, copy_folder, read_all
 
@@ -128,6 +129,17 @@ def legacy_dataset(
     return get
 
 
+#: Every scenario on every backend, but 256 bins on the S3 server: its three-hundred-odd
+#: requests per pass (a minute of the suite on moto) check nothing that the 256 bins on
+#: local disk and in memory and the other scenarios on S3 do not.
+CASES = [
+    (backend, scenario)
+    for backend in BACKENDS
+    for scenario in sorted(SCENARIOS)
+    if not (backend == "s3" and scenario == "default-256-bins")
+]
+
+
 def place(folder: Path, backend: str, dataset_root: str) -> str:
     """The URL of a copy of ``folder`` on ``backend`` (local: the folder itself)."""
     if backend == "local":
@@ -137,7 +149,7 @@ def place(folder: Path, backend: str, dataset_root: str) -> str:
     return url
 
 
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+@pytest.mark.parametrize(("backend", "scenario"), CASES, indirect=["backend"])
 def test_reads_what_0_0_1_wrote(
     legacy_dataset: Callable[[str], tuple[Path, LegacyDump]],
     backend: str,
@@ -180,7 +192,7 @@ def test_reads_what_0_0_1_wrote(
             clone.close()
 
 
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+@pytest.mark.parametrize(("backend", "scenario"), CASES, indirect=["backend"])
 def test_convert_legacy_keeps_every_record(
     legacy_dataset: Callable[[str], tuple[Path, LegacyDump]],
     backend: str,

@@ -223,9 +223,10 @@ class DatasetMachine(RuleBasedStateMachine):
 
 
 def test_dataset_behaves_like_a_list(fresh_url: Callable[[], str], backend: str) -> None:
-    # Every step on the S3 server costs tens of requests: fewer runs there.
-    runs = {"max_examples": S3_MAX_EXAMPLES} if backend == "s3" else {}
+    # Every step on the S3 server costs tens of requests: fewer and shorter runs there.
+    on_s3 = backend == "s3"
+    runs = {"max_examples": S3_MAX_EXAMPLES} if on_s3 else {}
     run_state_machine_as_test(
         lambda: DatasetMachine(fresh_url()),
-        settings=settings(stateful_step_count=12, **runs),
+        settings=settings(stateful_step_count=8 if on_s3 else 12, **runs),
     )
