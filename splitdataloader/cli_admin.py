@@ -196,7 +196,7 @@ def verify_command(
             progress=bar,
         )
     repaired: RepairReport | None = None
-    if do_repair and (report.problems or report.unreferenced):
+    if do_repair and (report.problems or report.unreferenced or report.unfinished_uploads):
         complete = report.problem_count == len(report.problems)
         with common.bar("repair") as bar:
             repaired = repair(
@@ -244,6 +244,11 @@ def _print_verify(report: VerifyReport) -> None:
             f"{len(report.unreferenced):,} files no commit references (left by interrupted "
             f"writes, or a writer's in progress): --repair removes them"
         )
+    if report.unfinished_uploads:
+        click.echo(
+            f"{len(report.unfinished_uploads):,} unfinished uploads (of writers that died, "
+            f"or one still writing): --repair aborts them"
+        )
     if report.ok:
         click.echo("ok: no problems")
         return
@@ -266,6 +271,9 @@ def _print_repair(report: RepairReport) -> None:
         )
     if report.removed:
         click.echo(f"{remove} {len(report.removed):,} unreferenced files")
+    if report.aborted_uploads:
+        abort = "would abort" if dry else "aborted"
+        click.echo(f"{abort} {len(report.aborted_uploads):,} unfinished uploads")
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.unrepaired:

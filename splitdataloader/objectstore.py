@@ -8,14 +8,18 @@ endpoints (MinIO, R2, Ceph) get the same treatment.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "CACHE_PROTOCOLS",
     "DEFAULT_MAX_POOL_CONNECTIONS",
+    "PendingUpload",
     "PreconditionFailedError",
+    "abort_upload",
     "http_status",
     "is_s3",
+    "pending_uploads",
     "put_if",
     "read_with_etag",
     "with_s3_defaults",
@@ -29,6 +33,18 @@ CACHE_PROTOCOLS = frozenset({"simplecache", "filecache", "blockcache", "cached"}
 
 #: S3 codes that mean "the object changed under you" on a conditional write.
 _CONFLICT_CODES = frozenset({"PreconditionFailedError", "ConditionalRequestConflict"})
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload started and neither completed nor aborted: its parts are stored
+    (and billed) but no object shows them."""
+
+    #: ``bucket/key`` of the object the upload would create.
+    path: str
+    upload_id: str
+    #: When it was started (POSIX seconds), if the store said.
+    initiated: float | None
 
 
 class PreconditionFailedError(Exception):
@@ -114,3 +130,40 @@ def put_if(fs: Any, path: str, data: bytes, etag: str | None) -> str:
     finally:
         fs.invalidate_cache(path)
     return str(response["ETag"])
+
+
+def pending_uploads(fs: Any, path: str) -> list[PendingUpload]:
+    """The unfinished multipart uploads of objects under the folder ``path``."""
+    bucket, key, _ = fs.split_path(path)
+    prefix = key.rstrip("/") + "/" if key else ""
+    found: list[PendingUpload] = []
+    markers: dict[str, str] = {}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+        for upload in page.get("Uploads", []):
+            initiated = getattr(upload.get("Initiated"), "timestamp", None)
+            found.append(
+                PendingUpload(
+                    f"{bucket}/{upload['Key']}",
+                    str(upload["UploadId"]),
+                    float(initiated()) if callable(initiated) else None,
+                )
+            )
+        if not page.get("IsTruncated"):
+            return found
+        markers = {
+            "KeyMarker": str(page.get("NextKeyMarker") or ""),
+            "UploadIdMarker": str(page.get("NextUploadIdMarker") or ""),
+        }
+
+
+def abort_upload(fs: Any, upload: PendingUpload) -> None:
+    """Abort ``upload``, deleting its parts; one completed or aborted meanwhile is left be."""
+    bucket, key, _ = fs.split_path(upload.path)
+    try:
+        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id)
+    except FileNotFoundError:
+        return  # NoSuchUpload
+    except OSError as err:
+        if _error_code(err) != "NoSuchUpload" and http_status(err) != 404:
+            raise

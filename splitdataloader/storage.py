@@ -506,6 +506,22 @@ class Storage:
             found[name] = FileInfo(int(item.get("size") or 0), _modified(item))
         return found
 
+    def pending_uploads(self) -> list[tuple[str, objectstore.PendingUpload]]:
+        """Unfinished multipart uploads under the root, with the name each would create
+        (relative to the root); none where the store has no such thing."""
+        if not self.is_s3:
+            return []
+        with self.failures("", "listing the unfinished uploads under"):
+            uploads = objectstore.pending_uploads(self.fs, self.root)
+        prefix = self.root.rstrip("/") + "/"
+        return [(u.path[len(prefix) :], u) for u in uploads if u.path.startswith(prefix)]
+
+    def abort_uploads(self, uploads: Sequence[tuple[str, objectstore.PendingUpload]]) -> None:
+        """Abort unfinished multipart uploads found by :meth:`pending_uploads`."""
+        for name, upload in uploads:
+            with self.failures(name, "aborting the upload of"):
+                objectstore.abort_upload(self.fs, upload)
+
     # -- writes
 
     def makedirs(self, *directories: str) -> None:

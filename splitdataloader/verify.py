@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
+from . import objectstore
 from .checking import (
     Checker,
     Problem,
@@ -114,6 +115,10 @@ class VerifyReport:
         Files under ``data/``, ``index/`` and ``meta/`` that nothing references: leftovers
         of interrupted writes (or the files of a writer still writing), which
         :func:`repair` removes. Not a problem: readers ignore them.
+    unfinished_uploads
+        Object stores: files under the dataset whose multipart upload was started and
+        neither completed nor aborted (a writer that died, or one still writing); their
+        parts are stored, unseen, until :func:`repair` aborts them.
     decoded
         Whether every record was also decoded through the dataset's codecs.
     notes
@@ -129,6 +134,7 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     problem_count: int = 0
     unreferenced: list[str] = field(default_factory=list)
+    unfinished_uploads: list[str] = field(default_factory=list)
     decoded: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -184,6 +190,13 @@ class RepairReport:
     kept
         Unreferenced files left alone because they are younger than ``grace_period``
         (possibly a running writer's), or because their age is unknown.
+    aborted_uploads
+        Object stores: names of files whose unfinished multipart upload (started more
+        than ``grace_period`` ago, by a writer that died or was aborted) was aborted,
+        deleting the parts it had stored.
+    kept_uploads
+        Object stores: names of files whose unfinished upload is younger than
+        ``grace_period`` (possibly a running writer's), or of unknown age.
     rebuilt
         Index parts rebuilt from their segments' frames.
     committed
@@ -202,6 +215,8 @@ class RepairReport:
     grace_period: float
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    aborted_uploads: list[str] = field(default_factory=list)
+    kept_uploads: list[str] = field(default_factory=list)
     rebuilt: list[RebuiltIndex] = field(default_factory=list)
     committed: bool = False
     unrepaired: list[Problem] = field(default_factory=list)
@@ -394,6 +409,7 @@ def verify(
     parts, unreadable = _part_files(storage)
     referenced = set(manifest.files()) | parts
     report.unreferenced = sorted(name for name in listing if name not in referenced)
+    report.unfinished_uploads = sorted(name for name, _ in storage.pending_uploads())
     if unreadable:
         report.notes.append(f"part manifests that cannot be read: {', '.join(unreadable)}")
     report.records_checked = checker.counters.records
@@ -511,6 +527,7 @@ def repair(
     report = RepairReport(url=storage.spec.url, dry_run=dry_run, grace_period=grace_period)
     # List first, read the manifest second: a file committed in between is referenced.
     listing = _listing(storage)
+    uploads = storage.pending_uploads()
     raw, version = _read_manifest(storage)
     manifest: Manifest | None = None
     if raw is None:
@@ -520,7 +537,7 @@ def repair(
                 f"index to rebuild: convert it (splitdata convert) to repair it",
                 path=storage.spec.url,
             )
-        if not listing:
+        if not listing and not uploads:
             _raise_missing(storage, listing)
         report.notes.append("no commit: every file under data/, index/ and meta/ is a leftover")
     else:
@@ -541,7 +558,38 @@ def repair(
                 ) from err
             report.committed = True
     _remove_unreferenced(storage, manifest, listing, report)
+    _abort_stale_uploads(storage, uploads, report)
     return report
+
+
+def _abort_stale_uploads(
+    storage: Storage,
+    uploads: Sequence[tuple[str, objectstore.PendingUpload]],
+    report: RepairReport,
+) -> None:
+    """Abort unfinished multipart uploads older than the grace period.
+
+    An unfinished upload creates no object, so no commit can name it: once no writer can
+    still be finishing it, its stored parts are only a cost.
+    """
+    now = time.time()
+    stale: list[tuple[str, objectstore.PendingUpload]] = []
+    for name, upload in uploads:
+        started = upload.initiated
+        if started is None or now - started < report.grace_period:
+            report.kept_uploads.append(name)
+        else:
+            stale.append((name, upload))
+    report.aborted_uploads = sorted(name for name, _ in stale)
+    report.kept_uploads.sort()
+    if report.kept_uploads:
+        report.notes.append(
+            f"{len(report.kept_uploads)} unfinished uploads are younger than the grace "
+            f"period of {report.grace_period:g} s (or of unknown age) and were left running: "
+            f"they may belong to a writer that is still writing"
+        )
+    if not report.dry_run and stale:
+        storage.abort_uploads(stale)
 
 
 def _rebuild_indexes(  # noqa: PLR0917 - internal, called from one place

@@ -9,18 +9,22 @@ plan's operations; the ``slow`` ones at every operation, and at random times.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import s3fs
 from click.testing import CliRunner
 from conftest import S3_BUCKET
 from crash_zygote import STAGES, stage_records, states, write_base
 from reliability_crash import CrashStats, Zygote, commits_done, kill_once, run_kills
 
-from splitdataloader import SplitDataLoader
+from splitdataloader import SplitDataLoader, write_split_data
 from splitdataloader.cli import main
+from splitdataloader.verify import repair, verify
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -130,3 +134,68 @@ def test_splitdata_verify_repair_removes_a_killed_writers_files(tmp_path: Path) 
     assert stored == listed
     with SplitDataLoader(url) as loader:
         assert loader.get_many(range(len(loader))) == before
+
+
+#: A writer that uploads one big uncommitted segment, says so, and waits to be killed.
+_UPLOADING_WRITER = """
+import sys, time
+from splitdataloader import SplitWriter
+writer = SplitWriter(sys.argv[1], bins=1)
+writer.write_many(bytes([k]) * (1 << 20) for k in range(14))
+print("written", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.s3
+def test_repair_aborts_the_uploads_a_killed_writer_left_on_s3(tmp_path: Path) -> None:
+    """A writer killed in the middle of a multipart upload leaves parts that no listing
+    shows and the store keeps (and bills) until the upload is aborted: ``verify
+    --repair`` aborts them once they are older than the grace period, and only them."""
+    prefix = f"crash-{uuid.uuid4().hex}"
+    url = f"s3://{S3_BUCKET}/{prefix}/ds"
+    write_split_data(url, [b"committed"])
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    # A sibling whose name starts like the dataset's: its upload is not the dataset's.
+    neighbour = fs.call_s3("create_multipart_upload", Bucket=S3_BUCKET, Key=f"{prefix}/ds2/x")
+
+    def unfinished() -> list[str]:
+        listing = fs.call_s3("list_multipart_uploads", Bucket=S3_BUCKET, Prefix=f"{prefix}/")
+        return sorted(u["Key"] for u in listing.get("Uploads", []))
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _UPLOADING_WRITER, url], stdout=subprocess.PIPE, text=True
+    ) as writer:
+        try:
+            assert writer.stdout is not None
+            assert writer.stdout.readline() == "written\n"
+        finally:
+            writer.kill()
+    left = [key for key in unfinished() if key.startswith(f"{prefix}/ds/")]
+    assert len(left) == 1, left
+    assert left[0].startswith(f"{prefix}/ds/data/"), left
+    name = left[0].removeprefix(f"{prefix}/ds/")
+    assert verify(url).unfinished_uploads == [name]
+
+    # moto says every upload started in 2010: a grace period of a century keeps it young.
+    century = str(100 * 365 * 86400)
+    young = CliRunner().invoke(main, ["verify", url, "--repair", "--grace", century])
+    assert young.exit_code == 0, young.output
+    assert "unfinished uploads are younger than the grace period" in young.output
+    assert len(unfinished()) == 2
+    dry = repair(url, grace_period=0, dry_run=True)
+    assert dry.aborted_uploads == [name]
+    assert len(unfinished()) == 2
+
+    result = CliRunner().invoke(main, ["verify", url, "--repair", "--grace", "0"])
+    assert result.exit_code == 0, result.output
+    assert "aborted 1 unfinished uploads" in result.output
+    assert unfinished() == [f"{prefix}/ds2/x"]
+    with SplitDataLoader(url) as loader:
+        assert list(loader) == [b"committed"]
+    fs.call_s3(
+        "abort_multipart_upload",
+        Bucket=S3_BUCKET,
+        Key=f"{prefix}/ds2/x",
+        UploadId=neighbour["UploadId"],
+    )
