@@ -232,10 +232,12 @@ class CommitReader:
 
     def _local_entries(self, first: int, count: int) -> NDArray[Any]:
         mapping = self._index_map if self._index_map is not None else self._open_index()
-        # A copy: a view would pin the map open while an error's traceback holds it.
+        # A copy (of bytes: quicker than of a record array): a view would pin the map
+        # open while an error's traceback holds it.
+        begin = _HEADER + _ENTRY * first
         entries: NDArray[Any] = np.frombuffer(
-            mapping, INDEX_ENTRY_DTYPE, count=count, offset=_HEADER + _ENTRY * first
-        ).copy()
+            mapping[begin : begin + _ENTRY * count], INDEX_ENTRY_DTYPE, count=count
+        )
         return entries
 
     def _check_local_page(self, page: int) -> None:
