@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .commits import CommitReader
+from .iteration import LARGE_RECORD
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -62,8 +63,14 @@ def read_batch(
         offset[picked] = entries["offset"]
         checksum[picked] = entries["checksum"]
     order = np.lexsort((offset, segment, owner))
-    gap = LOCAL_COALESCE_GAP if storage.is_local else REMOTE_COALESCE_GAP
-    runs = _coalesce(owner[order], segment[order], offset[order], length[order], gap)
+    sorted_lengths = length[order]
+    if storage.is_local:
+        # A large record is read on its own, straight into the bytes returned: one copy,
+        # where a shared read would be copied again by slicing.
+        gap, alone = LOCAL_COALESCE_GAP, sorted_lengths >= LARGE_RECORD
+    else:
+        gap, alone = REMOTE_COALESCE_GAP, None
+    runs = _coalesce(owner[order], segment[order], offset[order], sorted_lengths, gap, alone)
     if storage.is_local:
         blobs = [readers[r].read_span(s, start, end) for r, s, start, end, _, _ in runs]
     else:
@@ -117,10 +124,16 @@ def _check_bounds(reader: CommitReader, entries: NDArray[Any], records: NDArray[
         )
 
 
-def _coalesce(
-    owner: NDArray[Any], segment: NDArray[Any], offset: NDArray[Any], length: NDArray[Any], gap: int
+def _coalesce(  # noqa: PLR0917 - internal, called from two places
+    owner: NDArray[Any],
+    segment: NDArray[Any],
+    offset: NDArray[Any],
+    length: NDArray[Any],
+    gap: int,
+    alone: NDArray[Any] | None = None,
 ) -> list[_Run]:
-    """Runs of sorted items that one read can serve."""
+    """Runs of sorted items that one read can serve (items flagged ``alone`` get a read
+    of their own)."""
     end = offset + length
     breaks = np.ones(len(offset), dtype=bool)
     # Sorted records of one segment never overlap, except repeats of the same record, so the
@@ -128,6 +141,8 @@ def _coalesce(
     breaks[1:] = (
         (owner[1:] != owner[:-1]) | (segment[1:] != segment[:-1]) | (offset[1:] > end[:-1] + gap)
     )
+    if alone is not None:
+        breaks[1:] |= alone[1:] | alone[:-1]
     firsts = np.flatnonzero(breaks).tolist()
     lasts = [*firsts[1:], len(offset)]
     starts = offset.tolist()

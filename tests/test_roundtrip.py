@@ -113,6 +113,16 @@ def test_get_many_with_repeats_in_any_order(
         assert loader.get_many([]) == []
 
 
+def test_get_many_mixes_large_and_small_neighbours(dataset_url: str) -> None:
+    """Large records are read on their own and small ones together: neighbours of both
+    kinds, repeats and any order come back right."""
+    records = [bytes([k % 251]) * (200_000 if k % 3 == 0 else k) for k in range(40)]
+    write_split_data(dataset_url, records, splits=2)
+    indices = [*range(40), *range(39, -1, -2), 0, 0, 3, 3, 4, 6, 5]
+    with SplitDataLoader(dataset_url) as loader:
+        assert loader.get_many(indices) == [records[i] for i in indices]
+
+
 @pytest.mark.parametrize("count", [0, 1, 7])
 def test_out_of_range_index_raises_index_error(dataset_url: str, count: int) -> None:
     records = [bytes([k]) * k for k in range(count)]
