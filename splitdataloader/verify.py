@@ -32,8 +32,8 @@ from .checking import (
     Problem,
     ProblemList,
     ProgressCallback,
-    check_legacy,
 )
+from .checking_legacy import check_legacy
 from .errors import (
     CommitConflictError,
     DatasetFormatError,
