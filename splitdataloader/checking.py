@@ -1,15 +1,16 @@
 """Walking a version-2 dataset's stored files and checking them, record by record.
 
-Owns the checks behind :mod:`splitdataloader.verify`: reading a segment's frames window by
-window (they are self-delimiting, ``docs/format.md`` §5), comparing each frame with its
-payload checksum and its index entry, and the counts with the commit's layout. Every problem
-is collected as a :class:`Problem` naming the file, the record and the reason; nothing is
-raised for damaged data, and nothing is written. A splitdataloader 0.0.1 dataset is checked
-by :mod:`splitdataloader.checking_legacy`.
+Owns the checks behind :mod:`splitdataloader.verify` and :mod:`splitdataloader.repair`:
+reading a segment's frames window by window (they are self-delimiting, ``docs/format.md``
+§5), comparing each frame with its payload checksum and its index entry, and the counts with
+the commit's layout. Every problem is collected as a :class:`Problem` naming the file, the
+record and the reason; nothing is raised for damaged data, and nothing is written. A
+splitdataloader 0.0.1 dataset is checked by :mod:`splitdataloader.checking_legacy`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,9 +33,12 @@ from .format import (
     RoundRobinLayout,
     check_index_header,
 )
+from .readahead import ReadAhead
 from .storage import FileInfo, Storage
 
 __all__ = [
+    "DEFAULT_MAX_PROBLEMS",
+    "READ_AHEAD_BYTES",
     "WINDOW_BYTES",
     "Checker",
     "CommitCheck",
@@ -43,10 +47,16 @@ __all__ = [
     "Problem",
     "ProblemList",
     "ProgressCallback",
+    "committed_records",
+    "read_ahead",
 ]
 
 #: Bytes of a segment read at once.
 WINDOW_BYTES = 16 << 20
+#: Bytes of reads kept in flight ahead of the check on remote storage.
+READ_AHEAD_BYTES = 64 << 20
+#: Problems kept in a report; the rest are counted.
+DEFAULT_MAX_PROBLEMS = 1000
 
 #: ``progress(records, nbytes)``: called with the records and bytes checked since the
 #: previous call.
@@ -544,3 +554,28 @@ def _entry_problem(
 
 class _ShortIndexError(Exception):
     """An index part ended before a bin's entries (internal signal)."""
+
+
+def committed_records(manifest: Manifest) -> Iterator[tuple[int, Commit, int]]:
+    """``(position in commits, commit, first global record)`` of commits with records."""
+    first = 0
+    for number, commit in enumerate(manifest.commits):
+        if commit.records:
+            yield number, commit, first
+        first += commit.records
+
+
+@contextlib.contextmanager
+def read_ahead(
+    storage: Storage, checker: Checker, plan: Iterator[tuple[str, int, int]]
+) -> Iterator[None]:
+    """Point the checker's reads at a read-ahead on remote storage."""
+    if storage.is_local:
+        yield
+        return
+    with ReadAhead(storage, plan, max_bytes=READ_AHEAD_BYTES) as ahead:
+        checker.fetch = ahead.read
+        try:
+            yield
+        finally:
+            checker.fetch = storage.read_range
