@@ -7,8 +7,9 @@ from .join import discard_parts, join_parts, list_parts
 from .loader import SplitDataLoader
 from .parts import PartWriter
 from .prefetch import MpQItr, WorkerInfo, worker_info
+from .repair import RepairReport, repair
 from .samples import decode_sample
-from .verify import RepairReport, VerifyReport, repair, verify
+from .verify import VerifyReport, verify
 from .writer import SplitWriter, write_split_data
 
 __all__ = [

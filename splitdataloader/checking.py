@@ -1,16 +1,16 @@
-"""Walking a dataset's stored files and checking them, record by record.
+"""Walking a version-2 dataset's stored files and checking them, record by record.
 
-Owns the checks behind :mod:`splitdataloader.verify`: reading a segment's frames window by
-window (they are self-delimiting, ``docs/format.md`` §5), comparing each frame with its
-payload checksum and its index entry, the counts with the commit's layout, and a
-splitdataloader 0.0.1 dataset's index with its bins' packets. Every problem is collected
-as a :class:`Problem` naming the file, the record and the reason; nothing is raised for
-damaged data, and nothing is written.
+Owns the checks behind :mod:`splitdataloader.verify` and :mod:`splitdataloader.repair`:
+reading a segment's frames window by window (they are self-delimiting, ``docs/format.md``
+§5), comparing each frame with its payload checksum and its index entry, and the counts with
+the commit's layout. Every problem is collected as a :class:`Problem` naming the file, the
+record and the reason; nothing is raised for damaged data, and nothing is written. A
+splitdataloader 0.0.1 dataset is checked by :mod:`splitdataloader.checking_legacy`.
 """
 
 from __future__ import annotations
 
-import array
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,10 +33,12 @@ from .format import (
     RoundRobinLayout,
     check_index_header,
 )
-from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
+from .readahead import ReadAhead
 from .storage import FileInfo, Storage
 
 __all__ = [
+    "DEFAULT_MAX_PROBLEMS",
+    "READ_AHEAD_BYTES",
     "WINDOW_BYTES",
     "Checker",
     "CommitCheck",
@@ -45,19 +47,21 @@ __all__ = [
     "Problem",
     "ProblemList",
     "ProgressCallback",
-    "check_legacy",
+    "committed_records",
+    "read_ahead",
 ]
 
 #: Bytes of a segment read at once.
 WINDOW_BYTES = 16 << 20
+#: Bytes of reads kept in flight ahead of the check on remote storage.
+READ_AHEAD_BYTES = 64 << 20
+#: Problems kept in a report; the rest are counted.
+DEFAULT_MAX_PROBLEMS = 1000
 
 #: ``progress(records, nbytes)``: called with the records and bytes checked since the
 #: previous call.
 ProgressCallback = Callable[[int, int], object]
 Fetch = Callable[[str, int, int], bytes]
-
-_LEGACY_TRIPLET = np.dtype([("bin", "<u4"), ("position", "<u4"), ("length", "<u4")])
-_LEGACY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -552,92 +556,26 @@ class _ShortIndexError(Exception):
     """An index part ended before a bin's entries (internal signal)."""
 
 
-def check_legacy(
-    storage: Storage, problems: ProblemList, progress: ProgressCallback | None
-) -> Counters:
-    """Check a 0.0.1 dataset as far as its format allows: every index entry points at a
-    packet of its length, and every bin file ends on a packet boundary.
-
-    Returns the records the dataset holds (``Counters.records`` counts the checked ones).
-    """
-    report = Counters()
-    max_problems = problems.limit
-    index_size = storage.size(LEGACY_INDEX_NAME)
-    if index_size % _LEGACY_TRIPLET.itemsize:
-        problems.add(
-            Problem(
-                LEGACY_INDEX_NAME,
-                None,
-                f"{index_size % _LEGACY_TRIPLET.itemsize} bytes after its last entry",
-            )
-        )
-    report.total = index_size // _LEGACY_TRIPLET.itemsize
-    packets: dict[int, tuple[Any, Any]] = {}
-    nbytes = 0
-    for name in legacy_bin_names(storage):
-        bin_id = int(name[3:11])
-        starts, lengths, size = _legacy_packets(storage, name, problems)
-        packets[bin_id] = (starts, lengths)
-        nbytes += size
-        report.files += 1
-        if progress is not None:
-            progress(0, size)
-    report.files += 1
-    checked = 0
-    for lo in range(0, report.total, _LEGACY_CHUNK):
-        hi = min(lo + _LEGACY_CHUNK, report.total)
-        size = _LEGACY_TRIPLET.itemsize
-        data = storage.read_range(LEGACY_INDEX_NAME, lo * size, hi * size)
-        nbytes += len(data)
-        entries = np.frombuffer(data, dtype=_LEGACY_TRIPLET)
-        for bin_id in np.unique(entries["bin"]).tolist():
-            picked = np.flatnonzero(entries["bin"] == bin_id)
-            if bin_id not in packets:
-                for k in picked[:max_problems].tolist():
-                    problems.add(Problem(f"bin{bin_id:08d}.dat", lo + k, "its bin file is missing"))
-                problems.count += max(0, len(picked) - max_problems)
-                continue
-            starts, lengths = packets[bin_id]
-            positions = entries["position"][picked].astype(np.int64)
-            at = np.searchsorted(starts, positions)
-            inside = at < len(starts)
-            found = np.zeros(len(picked), dtype=bool)
-            found[inside] = (starts[at[inside]] == positions[inside]) & (
-                lengths[at[inside]] == entries["length"][picked][inside]
-            )
-            for k in np.flatnonzero(~found).tolist():
-                problems.add(
-                    Problem(
-                        f"bin{bin_id:08d}.dat",
-                        lo + int(picked[k]),
-                        f"no packet of {int(entries['length'][picked[k]])} bytes starts here",
-                        int(positions[k]),
-                    )
-                )
-        checked += hi - lo
-        if progress is not None:
-            progress(hi - lo, len(data))
-    report.records = checked
-    report.nbytes = nbytes
-    return report
+def committed_records(manifest: Manifest) -> Iterator[tuple[int, Commit, int]]:
+    """``(position in commits, commit, first global record)`` of commits with records."""
+    first = 0
+    for number, commit in enumerate(manifest.commits):
+        if commit.records:
+            yield number, commit, first
+        first += commit.records
 
 
-def _legacy_packets(storage: Storage, name: str, problems: ProblemList) -> tuple[Any, Any, int]:
-    """Start offsets and lengths of a 0.0.1 bin file's packets."""
-    data = storage.read_file(name)
-    starts = array.array("q")
-    lengths = array.array("q")
-    position = 0
-    end = len(data)
-    while position < end:
-        if position + 4 > end:
-            problems.add(Problem(name, None, "ends inside a packet's length", position))
-            break
-        length = int.from_bytes(data[position : position + 4], "little")
-        if position + 4 + length > end:
-            problems.add(Problem(name, None, f"a packet of {length} bytes runs past the end"))
-            break
-        starts.append(position)
-        lengths.append(length)
-        position += 4 + length
-    return np.frombuffer(starts, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64), end
+@contextlib.contextmanager
+def read_ahead(
+    storage: Storage, checker: Checker, plan: Iterator[tuple[str, int, int]]
+) -> Iterator[None]:
+    """Point the checker's reads at a read-ahead on remote storage."""
+    if storage.is_local:
+        yield
+        return
+    with ReadAhead(storage, plan, max_bytes=READ_AHEAD_BYTES) as ahead:
+        checker.fetch = ahead.read
+        try:
+            yield
+        finally:
+            checker.fetch = storage.read_range

@@ -1,8 +1,9 @@
 """``splitdata`` commands that look after datasets: info, verify, cp, bench.
 
 Each command parses its arguments, calls the library (:mod:`splitdataloader.info`,
-:mod:`splitdataloader.verify`, :mod:`splitdataloader.cp`, :mod:`splitdataloader.bench`) and
-prints: plain text for people, ``--json`` for scripts. Loaded by the console script only.
+:mod:`splitdataloader.verify`, :mod:`splitdataloader.repair`, :mod:`splitdataloader.cp`,
+:mod:`splitdataloader.bench`) and prints: plain text for people, ``--json`` for scripts.
+Loaded by the console script only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from .bench import PHASES, benchmark
 from .cp import DEFAULT_COMMIT_BYTES, copy_dataset
 from .errors import UncommittedDatasetError
 from .info import DatasetInfo, dataset_info
-from .verify import DEFAULT_GRACE_PERIOD, RepairReport, VerifyReport, repair, verify
+from .repair import DEFAULT_GRACE_PERIOD, RepairReport, repair
+from .verify import VerifyReport, verify
 
 
 @click.command(short_help="Show a dataset's size, layout, codecs and commits.")
