@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from . import objectstore
+from .byte_layout import INDEX_ENTRY_DTYPE, encode_index_header
 from .checking import (
     Checker,
     Problem,
@@ -45,7 +46,6 @@ from .errors import (
 from .format import (
     DATA_DIR,
     INDEX_DIR,
-    INDEX_ENTRY_DTYPE,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     META_DIR,
@@ -54,7 +54,6 @@ from .format import (
     IndexRef,
     Manifest,
     dump_manifest,
-    encode_index_header,
     parse_manifest,
     parse_part,
 )
