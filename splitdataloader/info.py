@@ -25,7 +25,7 @@ from .loader import SplitDataLoader
 from .storage import open_storage
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 __all__ = ["CommitInfo", "DatasetInfo", "dataset_info"]
 

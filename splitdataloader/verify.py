@@ -62,7 +62,7 @@ from .readahead import ReadAhead
 from .storage import FileInfo, ManifestChangedError, ManifestVersion, Storage, open_storage
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 logger = logging.getLogger(__name__)
 

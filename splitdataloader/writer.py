@@ -74,7 +74,7 @@ from .records import as_byte_view
 from .storage import ManifestChangedError, ManifestVersion, Storage, Writable, open_storage
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 logger = logging.getLogger(__name__)
 
