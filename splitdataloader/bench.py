@@ -22,7 +22,7 @@ import numpy as np
 from .loader import SplitDataLoader
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 __all__ = ["PHASES", "BenchReport", "PhaseResult", "benchmark"]
 

@@ -17,7 +17,8 @@ from .errors import CodecConfigError, SplitDataError
 from .format import MANIFEST_NAME, META_DIR
 
 if TYPE_CHECKING:
-    from .codecs import Codec, CodecEnvironment, CodecPipeline, KeyProvider, KeyRing
+    from .codecs import Codec, CodecEnvironment, CodecPipeline
+    from .keys import KeyProvider, KeyRing
     from .storage import Storage
 
 
@@ -25,7 +26,7 @@ def key_ring(
     keys: Mapping[str, bytes] | None, key_providers: Sequence[KeyProvider] | None
 ) -> KeyRing:
     """Keys given at run time first, then the given providers (default: every registered)."""
-    from .codecs import KeyRing  # noqa: PLC0415 - the codec layer loads on first use
+    from .keys import KeyRing  # noqa: PLC0415 - the codec layer loads on first use
     from .plugins import key_provider_class, registered_key_providers  # noqa: PLC0415
 
     if key_providers is None:

@@ -18,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .checksums import checksum_function
-from .errors import DatasetFormatError, KeyUnavailableError, SplitDataError
-from .format import (
+from .byte_layout import (
     FRAME_CHECK_MASK,
     FRAME_HEADER,
     INDEX_ENTRY,
@@ -28,11 +26,11 @@ from .format import (
     INDEX_HEADER,
     SEGMENT_HEADER,
     SEGMENT_MAGIC,
-    Commit,
-    Manifest,
-    RoundRobinLayout,
     check_index_header,
 )
+from .checksums import checksum_function
+from .errors import DatasetFormatError, KeyUnavailableError, SplitDataError
+from .format import Commit, Manifest, RoundRobinLayout
 from .readahead import ReadAhead
 from .storage import FileInfo, Storage
 

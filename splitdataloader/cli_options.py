@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .errors import SplitDataError
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 #: Environment variable: storage options (a JSON object) for every URL.
 STORAGE_OPTIONS_ENV = "SPLITDATA_STORAGE_OPTIONS"

@@ -1,14 +1,14 @@
 """Codecs: per-record byte transforms (compression, encryption) and the chain that runs them.
 
-This module owns the classes a codec or key-provider plugin implements (:class:`Codec`,
-:class:`KeyProvider`), the run-time inputs they get (:class:`RecordContext`,
-:class:`CodecEnvironment`, :class:`KeyRing`), the chain rules (:class:`CodecPipeline`:
-compression before encryption, decode in reverse) and the translation of a writer's codec
-specs or a manifest's configs into codec objects (:func:`resolve_codecs`,
-:meth:`CodecPipeline.from_configs`). A codec is described by a JSON config holding its
-``"id"`` and options, never a secret; keys are looked up by key id at run time and never
-appear in a repr or an error message. It does no I/O itself and implements no codec: those
-come from plugins, through :mod:`splitdataloader.plugins`.
+This module owns the class a codec plugin implements (:class:`Codec`), the run-time inputs
+it gets (:class:`RecordContext`, :class:`CodecEnvironment`), the chain rules
+(:class:`CodecPipeline`: compression before encryption, decode in reverse) and the
+translation of a writer's codec specs or a manifest's configs into codec objects
+(:func:`resolve_codecs`, :meth:`CodecPipeline.from_configs`). A codec is described by a
+JSON config holding its ``"id"`` and options, never a secret. Keys are not its business:
+:class:`KeyProvider` and :class:`KeyRing` live in :mod:`splitdataloader.keys` and are
+re-exported here, the import path plugins use. It does no I/O itself and implements no
+codec: those come from plugins, through :mod:`splitdataloader.plugins`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from . import plugins
 from .errors import (
     CodecConfigError,
     DecodeError,
-    KeyUnavailableError,
     MissingDataFileError,
     SplitDataError,
 )
+from .keys import KeyProvider, KeyRing
 
 __all__ = [
     "COMPRESSION",
@@ -70,120 +70,6 @@ def _no_resources(name: str) -> bytes:
         f"the codec resource {name!r} is not available here (no dataset to read it from)",
         path=name,
     )
-
-
-class KeyRing:
-    """The keys available at run time, by key id: given directly, or from key providers.
-
-    Parameters
-    ----------
-    keys
-        Keys given directly, ``{key_id: key bytes}``; they win over every provider.
-    providers
-        Key providers asked in order for key ids not in ``keys``.
-
-    Notes
-    -----
-    Key bytes never appear in the repr or in an error message; only key ids do.
-    """
-
-    __slots__ = ("_cache", "_defaults", "_keys", "_providers")
-
-    def __init__(
-        self,
-        keys: Mapping[str, bytes] | None = None,
-        providers: Sequence[KeyProvider] = (),
-    ) -> None:
-        self._keys: dict[str, bytes] = {}
-        for key_id, key in (keys or {}).items():
-            if not isinstance(key_id, str) or not key_id:
-                raise KeyUnavailableError("a key id must be a non-empty string")
-            if not isinstance(key, (bytes, bytearray, memoryview)):
-                raise KeyUnavailableError(
-                    f"the key for key id {key_id!r} must be bytes, not {type(key).__name__}"
-                )
-            self._keys[key_id] = bytes(key)
-        providers = tuple(providers)
-        for provider in providers:
-            if not isinstance(provider, KeyProvider):
-                raise KeyUnavailableError(
-                    f"key providers must be KeyProvider instances, not {type(provider).__name__}"
-                )
-        self._providers = providers
-        self._defaults: dict[str, KeyProvider] = {}
-        self._cache: dict[tuple[str | None, str], bytes] = {}
-
-    @property
-    def providers(self) -> tuple[KeyProvider, ...]:
-        """The configured key providers, in the order they are asked."""
-        return self._providers
-
-    def key_ids(self) -> list[str]:
-        """The ids of the keys given directly (providers are only asked on demand)."""
-        return sorted(self._keys)
-
-    def get(self, key_id: str, provider: str | None = None) -> bytes:
-        """The key for ``key_id``.
-
-        Parameters
-        ----------
-        key_id
-            The key id a codec config names.
-        provider
-            The provider id the config names, if any: only providers with that id are
-            asked, and when the ring has none, one is made with default options from the
-            registered key providers.
-
-        Returns
-        -------
-        bytes
-            The key.
-
-        Raises
-        ------
-        KeyUnavailableError
-            No given key and no provider has it; the message names the key id and the
-            providers asked, never key bytes.
-        MissingPluginError
-            ``provider`` names a key provider that no installed plugin provides.
-        """
-        key = self._keys.get(key_id)
-        if key is not None:
-            return key
-        cached = self._cache.get((provider, key_id))
-        if cached is not None:
-            return cached
-        candidates = [p for p in self._providers if provider in (None, p.provider_id)]
-        if provider is not None and not candidates:
-            default = self._defaults.get(provider)
-            if default is None:
-                default = plugins.key_provider_class(provider)()
-                self._defaults[provider] = default
-            candidates = [default]
-        reasons = []
-        for candidate in candidates:
-            try:
-                found = candidate.get_key(key_id)
-            except KeyUnavailableError as err:
-                reasons.append(f"{candidate.provider_id}: {err}")
-                continue
-            if not isinstance(found, (bytes, bytearray, memoryview)):
-                raise KeyUnavailableError(
-                    f"key provider {candidate.provider_id!r} returned "
-                    f"{type(found).__name__} for key id {key_id!r}, not bytes"
-                )
-            found = bytes(found)
-            self._cache[(provider, key_id)] = found
-            return found
-        if reasons:
-            raise KeyUnavailableError(f"no key for key id {key_id!r} ({'; '.join(reasons)})")
-        raise KeyUnavailableError(
-            f"no key for key id {key_id!r}: none was given and no key provider is configured"
-        )
-
-    def __repr__(self) -> str:
-        ids = [p.provider_id for p in self._providers]
-        return f"KeyRing(key_ids={self.key_ids()!r}, providers={ids!r})"
 
 
 @dataclass
@@ -396,43 +282,6 @@ class Codec(abc.ABC):
 
     def __hash__(self) -> int:
         return hash((type(self), json.dumps(self.get_config(), sort_keys=True, default=str)))
-
-
-class KeyProvider(abc.ABC):
-    """Supplies keys by key id (an environment variable, a key file, a KMS...).
-
-    Subclasses set :attr:`provider_id` and implement :meth:`get_key`; those with options
-    take them as keyword arguments in ``__init__``. A key provider is made with no options
-    when a dataset names it and the user configured none.
-
-    Parameters
-    ----------
-    **options
-        Provider-specific options; this base class accepts none.
-    """
-
-    provider_id: ClassVar[str]
-
-    def __init__(self, **options: Any) -> None:
-        if options:
-            raise CodecConfigError(
-                f"key provider {self.provider_id!r} takes no options, got {sorted(options)}"
-            )
-
-    @abc.abstractmethod
-    def get_key(self, key_id: str) -> bytes:
-        """The key for ``key_id``.
-
-        Raises
-        ------
-        KeyUnavailableError
-            This provider has no key for ``key_id``; the message must not contain key
-            material.
-        """
-
-    def __repr__(self) -> str:
-        # Options may hold credentials: show none of them.
-        return f"{type(self).__name__}()"
 
 
 def _check_order(codecs: Sequence[Codec]) -> None:

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ChecksumMismatchError, CorruptDataError, TruncatedDataError
-from .format import (
+from .byte_layout import (
     INDEX_ENTRY,
     INDEX_ENTRY_DTYPE,
     INDEX_HEADER,
     SEGMENT_HEADER,
     SEGMENT_MAGIC,
-    Commit,
     check_index_header,
 )
+from .errors import ChecksumMismatchError, CorruptDataError, TruncatedDataError
+from .format import Commit
 from .placement import Placement
 
 if TYPE_CHECKING:

@@ -42,7 +42,7 @@ from .storage import ManifestChangedError, Storage, open_storage
 from .writer import SplitWriter
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 __all__ = ["DEFAULT_COMMIT_BYTES", "METADATA_KEY", "CopyReport", "copy_dataset"]
 

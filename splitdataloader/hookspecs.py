@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from .codecs import Codec, KeyProvider
+    from .codecs import Codec
+    from .keys import KeyProvider
 
 __all__ = [
     "BackendFactory",

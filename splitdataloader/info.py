@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .byte_layout import FRAME_HEADER, SEGMENT_HEADER
 from .errors import SplitDataError
-from .format import FRAME_HEADER, MANIFEST_NAME, SEGMENT_HEADER, Manifest
+from .format import MANIFEST_NAME, Manifest
 from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
 from .loader import SplitDataLoader
 from .storage import open_storage
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 __all__ = ["CommitInfo", "DatasetInfo", "dataset_info"]
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .byte_layout import SEGMENT_MAGIC
 from .commits import ByteRange, CommitReader, Fetch, not_a_segment
 from .errors import TruncatedDataError
-from .format import SEGMENT_MAGIC
 
 #: Records averaging at least this size are read record by record with ``pread`` on
 #: local disk: one copy into the returned bytes instead of a bulk read plus a copy.

@@ -42,8 +42,8 @@ from .readahead import DEFAULT_CONCURRENCY, DEFAULT_READ_AHEAD_BYTES, ReadAhead
 from .storage import Storage, open_storage
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
     from .epochs import EpochShard, RecordMap
+    from .keys import KeyProvider
 
 __all__ = ["SplitDataLoader"]
 

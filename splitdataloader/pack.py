@@ -31,7 +31,7 @@ from .storage import open_storage
 from .writer import SplitWriter
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 __all__ = ["METADATA_KEY", "PackReport", "UnpackReport", "pack", "record_names", "unpack"]
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .format import FRAME_HEADER, SEGMENT_HEADER, Commit
+from .byte_layout import FRAME_HEADER, SEGMENT_HEADER
+from .format import Commit
 
 #: Offset of the first payload of a segment: its header, then a frame header.
 FIRST_PAYLOAD = SEGMENT_HEADER.size + FRAME_HEADER.size

@@ -38,8 +38,9 @@ from . import hookspecs
 from .errors import MissingPluginError, PluginConflictError, PluginError
 
 if TYPE_CHECKING:
-    from .codecs import Codec, KeyProvider
+    from .codecs import Codec
     from .hookspecs import BackendFactory
+    from .keys import KeyProvider
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +302,8 @@ def _class_name(registered: object, base: type, attribute: str, who: str) -> str
 def _registrars(
     state: _State, info: _PluginInfo
 ) -> tuple[hookspecs.RegisterCodec, hookspecs.RegisterKeyProvider, hookspecs.RegisterBackend]:
-    from .codecs import Codec, KeyProvider  # noqa: PLC0415 - codecs imports this module
+    from .codecs import Codec  # noqa: PLC0415 - codecs imports this module
+    from .keys import KeyProvider  # noqa: PLC0415 - keys imports this module
 
     who = info.describe()
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .byte_layout import MAX_RECORD_BYTES
 from .errors import RecordTooLargeError, RecordTypeError
-from .format import MAX_RECORD_BYTES
 
 
 def as_byte_view(record: Any, position: int, item: int) -> bytes | memoryview:

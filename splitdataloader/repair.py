@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .byte_layout import INDEX_ENTRY_DTYPE, encode_index_header
 from .checking import (
     DEFAULT_MAX_PROBLEMS,
     Checker,
@@ -35,13 +36,11 @@ from .checking import (
 from .errors import CommitConflictError, DatasetFormatError, ReadOnlyDatasetError
 from .format import (
     INDEX_DIR,
-    INDEX_ENTRY_DTYPE,
     MANIFEST_NAME,
     Commit,
     IndexRef,
     Manifest,
     dump_manifest,
-    encode_index_header,
     parse_manifest,
 )
 from .inventory import dataset_files, part_files, raise_missing, read_manifest

@@ -26,7 +26,7 @@ from .samples import encode_sample
 from .storage import open_input, url_scheme
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 __all__ = ["KINDS", "Item", "detect_kind", "find_files", "iter_items", "source_bytes"]
 

@@ -37,7 +37,7 @@ from .repair import DEFAULT_GRACE_PERIOD, RebuiltIndex, RepairReport, repair
 from .storage import open_storage
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
     from .storage import Storage
 
 __all__ = [

@@ -32,6 +32,17 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from .byte_layout import (
+    FRAME_CHECK_MASK,
+    FRAME_HEADER,
+    INDEX_ENTRY,
+    MAX_RECORD_BYTES,
+    SEGMENT_HEADER,
+    bin_index_entries,
+    encode_index_header,
+    encode_segment_header,
+    index_part_size,
+)
 from .chain import WriterCodecs
 from .checksums import DEFAULT_CHECKSUM, checksum_function
 from .errors import (
@@ -43,28 +54,19 @@ from .errors import (
 )
 from .format import (
     DATA_DIR,
-    FRAME_CHECK_MASK,
-    FRAME_HEADER,
     INDEX_DIR,
-    INDEX_ENTRY,
     MANIFEST_KEYS,
     MANIFEST_NAME,
     MAX_BINS,
     MAX_MANIFEST_BYTES,
-    MAX_RECORD_BYTES,
     META_DIR,
     PARTS_DIR,
-    SEGMENT_HEADER,
     Commit,
     IndexRef,
     Manifest,
     RoundRobinLayout,
     SegmentRef,
-    bin_index_entries,
     dump_manifest,
-    encode_index_header,
-    encode_segment_header,
-    index_part_size,
     parse_manifest,
 )
 from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
@@ -72,7 +74,7 @@ from .records import as_byte_view
 from .storage import ManifestChangedError, ManifestVersion, Storage, Writable, open_storage
 
 if TYPE_CHECKING:
-    from .codecs import KeyProvider
+    from .keys import KeyProvider
 
 logger = logging.getLogger(__name__)
 
