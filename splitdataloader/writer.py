@@ -69,7 +69,8 @@ from .format import (
 )
 from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
 from .records import as_byte_view
-from .storage import ManifestChangedError, ManifestVersion, Storage, Writable, open_storage
+from .storage import ManifestChangedError, ManifestVersion, Storage, open_storage
+from .writables import Writable
 
 if TYPE_CHECKING:
     from .codecs import KeyProvider
