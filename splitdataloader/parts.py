@@ -151,14 +151,14 @@ class _PartEngine(SplitWriter):
 
     def position(self) -> int:
         """Records written to the part so far (those held back for codec training too)."""
-        return self._commit_records + self._held_back()
+        return self._staged.records + self._held_back()
 
     def publish(self) -> PartManifest:
         """Close the files, record the part manifest, and close the writer."""
         self._check_open()
         try:
             if self._codecs.sample is not None:
-                first = (self._base.records if self._base else 0) + self._commit_records
+                first = (self._base.records if self._base else 0) + self._staged.records
                 self._write_batch(self._codecs.finish_sample(first))
             return self._publish()
         except BaseException:
@@ -170,7 +170,7 @@ class _PartEngine(SplitWriter):
     def _publish(self) -> PartManifest:
         storage = self._storage
         commit = None
-        if self._commit_records:
+        if self._staged.records:
             # The join sets the generation that adds the commit.
             commit = dataclasses.replace(self._finish_files(), generation=0, part=self._part_id)
         part = PartManifest(
@@ -195,7 +195,7 @@ class _PartEngine(SplitWriter):
                 f"writer's {part.records} records were discarded and the other part kept",
                 path=storage.display(name),
             ) from err
-        self._close_scratch()
+        self._staged.close_scratch()
         self._reset_commit_state()
         return part
 

@@ -1,10 +1,13 @@
 """Storage: turns a URL plus options into a filesystem and does every byte of I/O.
 
-This is the only module that talks to fsspec. It resolves a dataset URL (local path,
-``file://``, ``memory://``, ``s3://``, chained URLs) to a filesystem and a root, reads
-whole files and byte ranges, writes files (durably on local disk), replaces the manifest
-atomically, and maps lower-level exceptions to :mod:`splitdataloader.errors`. Local disk
-gets a fast path through ``os`` (``pread``, ``mmap``, ``fsync``, ``os.replace``).
+This is the only module that opens fsspec filesystems. It resolves a dataset URL (local
+path, ``file://``, ``memory://``, ``s3://``, chained URLs) to a filesystem and a root,
+reads whole files and byte ranges, lists folders, opens files for writing, writes whole
+files and replaces the manifest atomically, and maps lower-level exceptions to
+:mod:`splitdataloader.errors`. Local disk gets a fast path through ``os`` (``pread``,
+``mmap``). It chooses how each file is written; the writing itself (the files that
+:meth:`Storage.open_writer` returns, and atomic, durable whole-file writes on local disk)
+is :mod:`splitdataloader.writables`'.
 """
 
 from __future__ import annotations
@@ -13,11 +16,9 @@ import contextlib
 import logging
 import mmap
 import os
-import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -29,6 +30,14 @@ from .errors import (
     MissingDataFileError,
     StorageError,
     TruncatedDataError,
+)
+from .writables import (
+    Writable,
+    close_writables,
+    create_local_file,
+    open_writable,
+    replace_local_file,
+    sync_directory,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,101 +103,6 @@ class StorageSpec:
 
     def open(self) -> Storage:
         return open_storage(self.url, self.options)
-
-
-class Writable(Protocol):
-    """A file being written: bytes go in, ``close`` makes them whole, ``discard`` drops them."""
-
-    def write(self, data: Any) -> int | None: ...
-
-    def close(self) -> None: ...
-
-    def discard(self) -> None: ...
-
-
-class _LocalWriter:
-    """An unbuffered local file, fsync'ed on close when durability is asked for."""
-
-    def __init__(self, path: str, durable: bool) -> None:
-        self._path = path
-        self._durable = durable
-        self._file: IO[bytes] | None = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
-
-    def write(self, data: Any) -> int | None:
-        assert self._file is not None, "write after close"  # internal invariant
-        # No memoryview in this frame unless a write falls short: a sampling profiler
-        # (Dask's workers run one) can keep the frame, and a view in it, alive after the
-        # call, and the writer then could not clear its reused buffer.
-        written = self._file.write(data) or 0
-        if written < len(data):  # a short write (e.g. interrupted): write the rest
-            with memoryview(data) as view:
-                while written < len(view):
-                    with view[written:] as rest:
-                        written += self._file.write(rest) or 0
-        return written
-
-    def close(self) -> None:
-        if self._file is None:
-            return
-        if self._durable:
-            os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path)
-
-
-def _write_local(path: str, data: bytes, durable: bool, mode: str) -> None:
-    """Write ``data`` to the local file ``path`` (``mode`` "wb" or "xb"), fsynced if
-    ``durable``."""
-    with open(path, mode) as handle:
-        handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-class _FsspecWriter:
-    """A file opened for writing through fsspec.
-
-    Object stores buffer up to ``part_size`` bytes, then upload them as one part of a
-    multipart upload; ``close`` completes the upload (a single PUT for small files).
-    """
-
-    def __init__(self, storage: Storage, name: str, part_size: int) -> None:
-        self._storage = storage
-        self._name = name
-        self._path = storage.path(name)
-        with storage.failures(name, "opening"):
-            self._file: Any = storage.fs.open(self._path, "wb", block_size=part_size)
-
-    def write(self, data: Any) -> int | None:
-        with self._storage.failures(self._name, "writing"):
-            result: int | None = self._file.write(data)
-        return result
-
-    def close(self) -> None:
-        if self._file is not None:
-            file, self._file = self._file, None
-            with self._storage.failures(self._name, "uploading"):
-                file.close()
-
-    def discard(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(Exception):
-                if hasattr(file, "discard"):
-                    file.discard()  # drops the buffer, aborts a multipart upload
-                    # A discarded buffered file must not flush again when collected.
-                    file.closed = True
-                else:
-                    file.close()
-        self._storage.remove([self._name])
 
 
 class Storage:
@@ -536,21 +450,13 @@ class Storage:
                     self.fs.makedirs(path, exist_ok=True)
 
     def open_writer(self, name: str, durable: bool, part_size: int = DEFAULT_PART_SIZE) -> Writable:
-        if self.is_local:
-            return _LocalWriter(self.path(name), durable)
-        return _FsspecWriter(self, name, part_size)
+        """Open ``name`` for writing: an unbuffered local file, or a file that an object
+        store uploads in parts of ``part_size`` bytes."""
+        return open_writable(self, name, durable, part_size)
 
     def close_writers(self, writers: Sequence[Writable], concurrency: int = 16) -> None:
         """Close (complete the uploads of) many files, concurrently on remote storage."""
-        if self.is_local or len(writers) < 2:
-            for writer in writers:
-                writer.close()
-            return
-        with ThreadPoolExecutor(
-            min(concurrency, len(writers)), thread_name_prefix="splitdataloader-upload"
-        ) as pool:
-            for future in [pool.submit(writer.close) for writer in writers]:
-                future.result()
+        close_writables(self, writers, concurrency)
 
     def commit_manifest(
         self, name: str, data: bytes, expected: ManifestVersion, durable: bool
@@ -611,23 +517,7 @@ class Storage:
                     raise FileExistsError(self.display(name))
                 self.replace_file(name, data, durable)
             return
-        target = self.path(name)
-        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-        try:
-            _write_local(temporary, data, durable, "wb")
-            try:
-                os.link(temporary, target)  # atomic, and refuses an existing target
-            except FileExistsError:
-                raise
-            except OSError:
-                # No hard links here (some network and FAT filesystems): an exclusive
-                # create still refuses an existing file, though its bytes appear in steps.
-                _write_local(target, data, durable, "xb")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-        if durable:
-            self._sync_directory(os.path.dirname(target))
+        create_local_file(self.path(name), data, durable)
 
     def read_files(self, names: Sequence[str], max_size: int) -> dict[str, bytes | None]:
         """Read small whole files, concurrently where the filesystem allows.
@@ -665,17 +555,7 @@ class Storage:
             with self.failures(name, "writing"):
                 self.fs.pipe_file(self.path(name), data)
             return
-        target = self.path(name)
-        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-        try:
-            _write_local(temporary, data, durable, "wb")
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        if durable:
-            self._sync_directory(os.path.dirname(target))
+        replace_local_file(self.path(name), data, durable)
 
     def remove(self, names: Sequence[str]) -> None:
         """Delete files, ignoring those already gone."""
@@ -693,17 +573,7 @@ class Storage:
     def sync_directories(self, *directories: str) -> None:
         if self.is_local:
             for directory in directories:
-                self._sync_directory(self.path(directory) if directory else self.root)
-
-    @staticmethod
-    def _sync_directory(path: str) -> None:
-        if os.name != "posix":
-            return
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+                sync_directory(self.path(directory) if directory else self.root)
 
     @contextlib.contextmanager
     def commit_lock(self) -> Iterator[None]:

@@ -1,10 +1,12 @@
 """Writing datasets: :class:`SplitWriter` and the 0.0.1-compatible :func:`write_split_data`.
 
-Owns the write path of format version 2: records are framed and appended to one new
-segment per bin, index entries are gathered bin-major (spilling to a local scratch file
-past a fixed budget), and a commit closes the segments, writes the index part and then
-replaces the manifest in one atomic step. It reads an existing manifest only to append
-to it; it never modifies a committed file.
+Owns the dataset side of the write path of format version 2: the dataset a writer appends
+to or replaces, the codec chain records are encoded with (trained on the first records
+when it needs to be), metadata and resources, and the commit, which has the staged files
+closed and their index part written, then replaces the manifest in one atomic step; an
+abort deletes what was not committed. Framing records into per-bin segments and gathering
+their index entries is :mod:`splitdataloader.staging`'s job. It reads an existing manifest
+only to append to it; it never modifies a committed file.
 
 Memory bound
 ------------
@@ -18,31 +20,18 @@ than the per-bin buffer are written straight through without a copy.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import datetime
 import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .byte_layout import (
-    FRAME_CHECK_MASK,
-    FRAME_HEADER,
-    INDEX_ENTRY,
-    MAX_RECORD_BYTES,
-    SEGMENT_HEADER,
-    bin_index_entries,
-    encode_index_header,
-    encode_segment_header,
-    index_part_size,
-)
 from .chain import WriterCodecs
 from .checksums import DEFAULT_CHECKSUM, checksum_function
 from .errors import (
@@ -62,16 +51,15 @@ from .format import (
     META_DIR,
     PARTS_DIR,
     Commit,
-    IndexRef,
     Manifest,
     RoundRobinLayout,
-    SegmentRef,
     dump_manifest,
     parse_manifest,
 )
 from .legacy import LEGACY_INDEX_NAME, legacy_bin_names
 from .records import as_byte_view
-from .storage import ManifestChangedError, ManifestVersion, Storage, Writable, open_storage
+from .staging import StagedCommit
+from .storage import ManifestChangedError, ManifestVersion, Storage, open_storage
 
 if TYPE_CHECKING:
     from .keys import KeyProvider
@@ -82,23 +70,6 @@ __all__ = ["SplitWriter", "write_split_data"]
 
 DEFAULT_BINS = 256
 DEFAULT_MAX_SEGMENT_BYTES = 1 << 30
-_DATA_BUFFER_TOTAL = 16 << 20
-_DATA_BUFFER_MIN = 64 << 10
-_DATA_BUFFER_MAX = 1 << 20
-_ENTRY_BUDGET = 8 << 20
-
-
-class _OpenSegment:
-    """A segment being written in the current commit."""
-
-    __slots__ = ("bin", "name", "records", "size", "writer")
-
-    def __init__(self, name: str, bin_id: int, writer: Writable) -> None:
-        self.name = name
-        self.bin = bin_id
-        self.writer: Writable | None = writer
-        self.size = 0
-        self.records = 0
 
 
 class SplitWriter:
@@ -179,7 +150,6 @@ class SplitWriter:
             )
         self._durable = durable
         self._start_clean = start_clean
-        self._max_segment_bytes = max_segment_bytes
         self._session = secrets.token_hex(8)
         self._closed = False
 
@@ -207,7 +177,7 @@ class SplitWriter:
         if self._base is not None:
             checksum = self._base.checksum
         self._checksum_name = checksum
-        self._hash = checksum_function(checksum)
+        hash_record = checksum_function(checksum)
         if bins is None:
             # A replaced dataset keeps its bin count unless told otherwise.
             bins = base.bins if base is not None else DEFAULT_BINS
@@ -217,15 +187,20 @@ class SplitWriter:
             rng = np.random.default_rng(seed)
             order = tuple(int(b) for b in rng.permutation(self._bins))
         self._order = order
-        self._buffer_limit = min(
-            _DATA_BUFFER_MAX, max(_DATA_BUFFER_MIN, _DATA_BUFFER_TOTAL // self._bins)
+        self._staged = StagedCommit(
+            self._storage,
+            self._session,
+            bins=self._bins,
+            order=order,
+            durable=durable,
+            max_segment_bytes=max_segment_bytes,
+            hash_record=hash_record,
         )
         self._commit_number = 0
         self._committed_resources: set[str] = set()
         self._added_resources: list[str] = []
         self._metadata: dict[str, Any] = {}
         self._session_records = 0
-        self._dirs_made = False
         self._reset_commit_state()
 
     # ------------------------------------------------------------------ state
@@ -242,21 +217,8 @@ class SplitWriter:
             raise
 
     def _reset_commit_state(self) -> None:
-        bins = self._bins
-        self._segments: list[_OpenSegment] = []
-        self._current: list[int] = [-1] * bins
-        self._buffers: list[bytearray] = [bytearray() for _ in range(bins)]
-        # Pending index entries, column-wise per bin; offsets are derived when they are
-        # turned into entries, from the lengths and where each segment starts.
-        self._lengths: list[array.array[int]] = [array.array("I") for _ in range(bins)]
-        self._checksums: list[array.array[int]] = [array.array("Q") for _ in range(bins)]
-        self._segment_starts: list[list[tuple[int, int]]] = [[] for _ in range(bins)]
-        self._cursor: list[tuple[int, int]] = [(-1, 0)] * bins
-        self._spilled_upto = 0
-        self._spills: list[list[tuple[int, int]]] = [[] for _ in range(bins)]
-        self._scratch: IO[bytes] | None = None
-        self._commit_records = 0
-        self._layout_start = self._session_records % bins
+        self._staged.reset(self._commit_number)
+        self._layout_start = self._session_records % self._bins
 
     @property
     def url(self) -> str:
@@ -271,7 +233,7 @@ class SplitWriter:
     @property
     def pending(self) -> int:
         """Records written since the last commit."""
-        return self._commit_records
+        return self._staged.records
 
     def _check_open(self) -> None:
         if self._closed:
@@ -339,16 +301,16 @@ class SplitWriter:
         """
         self._check_open()
         base = self._base.records if self._base else 0
-        index = base + self._commit_records + self._held_back()
+        index = base + self._staged.records + self._held_back()
         self._write_records((record,))
         return index
 
     def write_many(self, records: Iterable[Any]) -> int:
         """Add every record of ``records``; returns how many were added."""
         self._check_open()
-        before = self._commit_records + self._held_back()
+        before = self._staged.records + self._held_back()
         self._write_records(records)
-        return self._commit_records + self._held_back() - before
+        return self._staged.records + self._held_back() - before
 
     def _held_back(self) -> int:
         sample = self._codecs.sample
@@ -360,7 +322,7 @@ class SplitWriter:
         if self._codecs.sample is None:
             self._write_batch(records)
             return
-        base = (self._base.records if self._base else 0) + self._commit_records
+        base = (self._base.records if self._base else 0) + self._staged.records
         remaining = iter(records)
         for record in remaining:
             position = base + self._held_back()
@@ -372,131 +334,15 @@ class SplitWriter:
                 return
 
     def _write_batch(self, records: Iterable[Any]) -> None:
-        bins = self._bins
-        order = self._order
-        buffers = self._buffers
-        lengths = self._lengths
-        checksums = self._checksums
-        current = self._current
-        segments = self._segments
-        limit = self._buffer_limit
-        max_segment = self._max_segment_bytes
-        hash_record = self._hash
-        pack_frame = FRAME_HEADER.pack
-        frame_size = FRAME_HEADER.size
-        mask = FRAME_CHECK_MASK
-        slot = (self._session_records + self._commit_records) % bins
-        count = self._commit_records
-        first = self._base.records if self._base is not None else 0
         pipeline = self._codecs.pipeline if self._codecs.active else None
         encode = pipeline.encode if pipeline is not None else None
-        context = self._codecs.context() if encode is not None else None
-        spill_at = self._spilled_upto + _ENTRY_BUDGET // INDEX_ENTRY.size
-        try:
-            for record in records:
-                view = (
-                    record if type(record) is bytes else as_byte_view(record, first + count, count)
-                )
-                length = len(view)
-                if length > MAX_RECORD_BYTES:
-                    as_byte_view(record, first + count, count)  # raises RecordTooLargeError
-                if encode is not None:
-                    assert context is not None  # set together with encode
-                    view = encode(view, context(first + count))
-                    length = len(view)
-                    if length > MAX_RECORD_BYTES:
-                        as_byte_view(view, first + count, count)
-                bin_id = slot if order is None else order[slot]
-                slot += 1
-                if slot == bins:
-                    slot = 0
-                checksum = hash_record(view)
-                segment_id = current[bin_id]
-                if segment_id < 0:
-                    segment_id = self._open_segment(bin_id)
-                segment = segments[segment_id]
-                if segment.records and segment.size + frame_size + length > max_segment:
-                    self._close_segment(bin_id)
-                    segment_id = self._open_segment(bin_id)
-                    segment = segments[segment_id]
-                buffer = buffers[bin_id]
-                buffer += pack_frame(length, length ^ mask, checksum)
-                if length >= limit:
-                    self._flush(bin_id)
-                    assert segment.writer is not None  # the segment is open
-                    segment.writer.write(view)
-                else:
-                    buffer += view
-                    if len(buffer) >= limit:
-                        self._flush(bin_id)
-                segment.size += frame_size + length
-                segment.records += 1
-                lengths[bin_id].append(length)
-                checksums[bin_id].append(checksum)
-                count += 1
-                if count >= spill_at:
-                    self._spill_entries()
-                    self._spilled_upto = count
-                    spill_at = count + _ENTRY_BUDGET // INDEX_ENTRY.size
-        finally:
-            self._commit_records = count
-
-    def _open_segment(self, bin_id: int) -> int:
-        if not self._dirs_made:
-            self._storage.makedirs("", DATA_DIR, INDEX_DIR)
-            self._dirs_made = True
-        part = sum(1 for s in self._segments if s.bin == bin_id)
-        name = (
-            f"{DATA_DIR}/{self._session}-c{self._commit_number:04d}-b{bin_id:06d}-p{part:03d}.seg"
+        self._staged.write(
+            records,
+            slot=(self._session_records + self._staged.records) % self._bins,
+            first=self._base.records if self._base is not None else 0,
+            encode=encode,
+            context=self._codecs.context() if encode is not None else None,
         )
-        segment = _OpenSegment(name, bin_id, self._storage.open_writer(name, self._durable))
-        self._segments.append(segment)
-        segment_id = len(self._segments) - 1
-        self._current[bin_id] = segment_id
-        self._segment_starts[bin_id].append((len(self._lengths[bin_id]), segment_id))
-        self._buffers[bin_id] += encode_segment_header(bin_id)
-        segment.size = SEGMENT_HEADER.size
-        return segment_id
-
-    def _close_segment(self, bin_id: int) -> None:
-        self._flush(bin_id)
-        segment = self._segments[self._current[bin_id]]
-        if segment.writer is not None:
-            segment.writer.close()
-            segment.writer = None
-
-    def _flush(self, bin_id: int) -> None:
-        buffer = self._buffers[bin_id]
-        if buffer:
-            writer = self._segments[self._current[bin_id]].writer
-            assert writer is not None  # a buffered bin always has an open segment
-            writer.write(buffer)
-            buffer.clear()
-
-    def _take_entries(self, bin_id: int) -> bytes:
-        """Turn a bin's pending lengths and checksums into index entries, and clear them."""
-        entries, self._cursor[bin_id] = bin_index_entries(
-            np.frombuffer(self._lengths[bin_id], dtype=np.uint32),
-            np.frombuffer(self._checksums[bin_id], dtype=np.uint64),
-            self._cursor[bin_id],
-            self._segment_starts[bin_id],
-        )
-        self._segment_starts[bin_id] = []
-        self._lengths[bin_id] = array.array("I")
-        self._checksums[bin_id] = array.array("Q")
-        return entries
-
-    def _spill_entries(self) -> None:
-        if self._scratch is None:
-            self._scratch = tempfile.TemporaryFile(prefix="splitdataloader-index-")  # noqa: SIM115 - closed at commit or abort
-        scratch = self._scratch
-        position = scratch.seek(0, os.SEEK_END)
-        for bin_id in range(self._bins):
-            pending = self._take_entries(bin_id)
-            if pending:
-                scratch.write(pending)
-                self._spills[bin_id].append((position, len(pending)))
-                position += len(pending)
 
     # ------------------------------------------------------------------ commit
 
@@ -517,7 +363,7 @@ class SplitWriter:
         self._check_open()
         try:
             if self._codecs.sample is not None:
-                first = (self._base.records if self._base else 0) + self._commit_records
+                first = (self._base.records if self._base else 0) + self._staged.records
                 self._write_batch(self._codecs.finish_sample(first))
             manifest = self._commit()
         except BaseException:
@@ -534,7 +380,7 @@ class SplitWriter:
             if r not in self._committed_resources
         )
         if (
-            self._commit_records == 0
+            self._staged.records == 0
             and base is not None
             and self._replaced is None
             and not fresh_resources
@@ -542,7 +388,7 @@ class SplitWriter:
         ):
             return base
         commit: Commit | None = None
-        if self._commit_records:
+        if self._staged.records:
             commit = self._finish_files()
         commits = (base.commits if base else ()) + ((commit,) if commit else ())
         records = sum(c.records for c in commits)
@@ -569,7 +415,7 @@ class SplitWriter:
         except ManifestChangedError as err:
             raise CommitConflictError(
                 f"another writer committed to {self.url} after this writer started; "
-                f"this writer's {self._commit_records} uncommitted records were "
+                f"this writer's {self._staged.records} uncommitted records were "
                 f"discarded: reopen the dataset and write them again",
                 path=storage.display(MANIFEST_NAME),
             ) from err
@@ -578,43 +424,23 @@ class SplitWriter:
         self._metadata = {}
         if self._replaced is not None or self._start_clean:
             self._remove_replaced(manifest)
-        self._session_records += self._commit_records
+        self._session_records += self._staged.records
         self._commit_number += 1
-        self._close_scratch()
+        self._staged.close_scratch()
         self._reset_commit_state()
         return manifest
 
     def _finish_files(self) -> Commit:
-        for bin_id in range(self._bins):
-            if self._current[bin_id] >= 0:
-                self._flush(bin_id)
-        open_writers = [s.writer for s in self._segments if s.writer is not None]
-        self._storage.close_writers(open_writers)
-        for segment in self._segments:
-            segment.writer = None
-        index_name = f"{INDEX_DIR}/{self._session}-c{self._commit_number:04d}.idx"
-        writer = self._storage.open_writer(index_name, self._durable)
-        try:
-            writer.write(encode_index_header(self._commit_records))
-            for bin_id in range(self._bins):
-                for position, length in self._spills[bin_id]:
-                    assert self._scratch is not None  # spills imply a scratch file
-                    self._scratch.seek(position)
-                    writer.write(self._scratch.read(length))
-                pending = self._take_entries(bin_id)
-                if pending:
-                    writer.write(pending)
-            writer.close()
-        except BaseException:
-            writer.discard()
-            raise
+        staged = self._staged
+        staged.close_segments()
+        index = staged.write_index()
         return Commit(
             generation=(self._base.generation if self._base else 0) + 1,
             session=self._session,
-            records=self._commit_records,
+            records=staged.records,
             layout=RoundRobinLayout(self._bins, self._layout_start, self._order),
-            index=IndexRef(index_name, index_part_size(self._commit_records)),
-            segments=tuple(SegmentRef(s.name, s.bin, s.size, s.records) for s in self._segments),
+            index=index,
+            segments=staged.segment_refs(),
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
 
@@ -642,12 +468,7 @@ class SplitWriter:
     # ------------------------------------------------------------------ abort
 
     def _discard_uncommitted(self) -> None:
-        for segment in self._segments:
-            if segment.writer is not None:
-                segment.writer.discard()
-                segment.writer = None
-        self._storage.remove([s.name for s in self._segments])
-        self._storage.remove([f"{INDEX_DIR}/{self._session}-c{self._commit_number:04d}.idx"])
+        self._staged.discard()
         self._storage.remove(
             [
                 r
@@ -655,13 +476,8 @@ class SplitWriter:
                 if r not in self._committed_resources
             ]
         )
-        self._close_scratch()
+        self._staged.close_scratch()
         self._reset_commit_state()
-
-    def _close_scratch(self) -> None:
-        if self._scratch is not None:
-            self._scratch.close()
-            self._scratch = None
 
     def abort(self) -> None:
         """Drop every record written since the last commit and close the writer."""
@@ -675,7 +491,7 @@ class SplitWriter:
         if self._closed:
             return
         try:
-            if self._commit_records or self._base is None or self._replaced is not None:
+            if self._staged.records or self._base is None or self._replaced is not None:
                 self.commit()
         finally:
             self._closed = True
@@ -698,7 +514,8 @@ class SplitWriter:
 
     def __del__(self) -> None:
         # A writer dropped without close() must not leave half-written files behind.
-        if not getattr(self, "_closed", True) and getattr(self, "_segments", None):
+        staged = getattr(self, "_staged", None)
+        if not getattr(self, "_closed", True) and staged is not None and staged.segments:
             with contextlib.suppress(Exception):
                 self.abort()
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from splitdataloader import SplitDataLoader, SplitWriter, write_split_data
 from splitdataloader import storage as storage_module
+from splitdataloader import writables as writables_module
 
 #: Records of each stage of the plan: (stage, count, size of each record).
 STAGES = [("base", 20, 60), ("c1", 25, 900), ("c2", 30, 200), ("c3", 10, 3000), ("c4", 5, 50)]
@@ -115,7 +116,7 @@ def instrument(log_fd: int, kill_at: int | None) -> Callable[[], int]:
 
     for method in STORAGE_METHODS:
         wrap(storage_module.Storage, method)
-    for writer_class in (storage_module._LocalWriter, storage_module._FsspecWriter):
+    for writer_class in (writables_module._LocalWriter, writables_module._FsspecWriter):
         for method in FILE_METHODS:
             wrap(writer_class, method)
     return lambda: count[0]
