@@ -563,7 +563,10 @@ class _ManifestParser:
         order = entry.get("order")
         if order is None:
             return RoundRobinLayout(bins=bins, start=start)
-        values = [self.integer(v, f"{where}.layout.order[]", 0, bins - 1) for v in order]
+        values = [
+            self.integer(v, f"{where}.layout.order[]", 0, bins - 1)
+            for v in self.listing(order, f"{where}.layout.order")
+        ]
         if sorted(values) != list(range(bins)):
             raise self.fail(f"{where}.layout.order is not a permutation of the bins")
         return RoundRobinLayout(bins=bins, start=start, order=tuple(values))
